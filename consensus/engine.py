@@ -1,0 +1,43 @@
+"""The interface every consensus engine implements; nothing outside consensus/ branches
+on which engine runs (DESIGN.md section 5)."""
+
+from typing import TYPE_CHECKING, Protocol
+
+from consensus.genesis import Genesis
+from consensus.types import BlockHeader
+
+if TYPE_CHECKING:
+    from consensus.chain import BlockTree, Entry
+
+
+class Engine(Protocol):
+    name: str
+
+    def genesis_bits(self) -> int:
+        """The `bits` field of the genesis header (0 where the engine has none)."""
+
+    def next_bits(self, parent: "Entry", tree: "BlockTree") -> int:
+        """The `bits` a child of `parent` must carry."""
+
+    def validate_header(self, header: BlockHeader, block_hash: bytes, parent: "Entry", tree: "BlockTree") -> None:
+        """Engine rules for a header whose generic rules already passed; raises InvalidBlock."""
+
+    def block_score(self, header: BlockHeader) -> int:
+        """What the block adds to its branch's score (work, for proof of work)."""
+
+    def is_better_head(self, candidate: "Entry", head: "Entry") -> bool:
+        """Fork choice between the current head and a newly added block."""
+
+    def status(self, tree: "BlockTree") -> dict:
+        """The engine's state for `consensus_status` (JSON-ready values)."""
+
+
+def make_engine(genesis: Genesis, *, skip_pow_check_for_simulation: bool = False) -> Engine:
+    """The engine named in genesis. Only the simulator sets the skip switch."""
+    if genesis.consensus == "pow":
+        from consensus.pow.engine import PowEngine
+
+        return PowEngine.from_genesis(genesis, skip_pow_check_for_simulation=skip_pow_check_for_simulation)
+    from consensus.errors import DecodeError
+
+    raise DecodeError(f"unknown consensus engine {genesis.consensus!r}")

@@ -1,0 +1,138 @@
+"""Accounts and the state transition (spec style: validate_, process_, compute_).
+
+A State maps addresses to (balance, nonce). Blocks are applied to a copy, so the
+state after every unfinalized block stays available for reorgs. Supply accounting:
+sum of balances == genesis supply + issued rewards - burned fees, at every block.
+"""
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from consensus import codec
+from consensus.crypto import sha256, verify
+from consensus.errors import (
+    BadNonce,
+    FeeTooLow,
+    InsufficientFunds,
+    InvalidSignature,
+    InvalidTransaction,
+    WrongChain,
+)
+from consensus.params import ChainParams
+from consensus.types import TX_TRANSFER, Transaction
+
+
+class Account(NamedTuple):
+    balance: int
+    nonce: int
+
+
+EMPTY_ACCOUNT = Account(0, 0)
+
+
+@dataclass
+class State:
+    accounts: dict[bytes, Account] = field(default_factory=dict)
+    genesis_supply: int = 0
+    issued: int = 0  # block rewards created since genesis
+    burned: int = 0  # fees destroyed since genesis
+
+    def copy(self) -> "State":
+        return State(dict(self.accounts), self.genesis_supply, self.issued, self.burned)
+
+    def get(self, address: bytes) -> Account:
+        return self.accounts.get(address, EMPTY_ACCOUNT)
+
+    def root(self) -> bytes:
+        """Commitment to every account (sorted) and the supply counters.
+
+        A flat hash over sorted accounts: O(accounts) per block, fine for a testnet's
+        thousands of accounts; a Merkle trie would give proofs, which nothing needs yet.
+        """
+        items = sorted(self.accounts.items())
+        return sha256(codec.encode(["chainlab/state", self.issued, self.burned, [(a, b, n) for a, (b, n) in items]]))
+
+    def total_balance(self) -> int:
+        return sum(acct.balance for acct in self.accounts.values())
+
+    def expected_supply(self) -> int:
+        return self.genesis_supply + self.issued - self.burned
+
+
+def state_from_allocations(allocations: tuple[tuple[bytes, int], ...]) -> State:
+    accounts = {address: Account(balance, 0) for address, balance in allocations}
+    return State(accounts, genesis_supply=sum(b for _, b in allocations))
+
+
+def validate_transaction_static(tx: Transaction, chain_id: str, params: ChainParams, *, check_signature: bool = True) -> None:
+    """Checks that need no state. Raises a named InvalidTransaction."""
+    # Only transfers exist under this rule set; staking kinds belong to engines that add them.
+    if tx.kind != TX_TRANSFER:
+        raise InvalidTransaction(f"transaction kind {tx.kind} is not supported on this chain")
+    # A signature for another chain must not replay here.
+    if tx.chain_id != chain_id:
+        raise WrongChain(f"transaction is for chain {tx.chain_id!r}, this is {chain_id!r}")
+    # Every transaction pays at least the minimum fee.
+    if tx.fee < params.fee_min:
+        raise FeeTooLow(f"fee {tx.fee} is below the minimum {params.fee_min}")
+    # Sending to yourself would only churn the nonce; refuse it as a likely mistake.
+    if tx.recipient == tx.sender_address:
+        raise InvalidTransaction("sender and recipient are the same account")
+    if check_signature and not verify(tx.sender, tx.signature, tx.signing_bytes()):
+        raise InvalidSignature("transaction signature does not verify against the sender's key")
+
+
+def validate_transaction_state(state: State, tx: Transaction) -> None:
+    """Checks against the sender's account. Raises a named InvalidTransaction."""
+    sender = state.get(tx.sender_address)
+    # Nonces are consumed in order: no replay, no gaps inside a block.
+    if tx.nonce != sender.nonce:
+        raise BadNonce(f"nonce {tx.nonce} does not match the account's next nonce {sender.nonce}")
+    # The sender pays amount and fee from its balance.
+    if sender.balance < tx.amount + tx.fee:
+        raise InsufficientFunds(f"balance {sender.balance} is less than amount {tx.amount} + fee {tx.fee}")
+    # A balance never exceeds 64 bits.
+    if state.get(tx.recipient).balance + tx.amount > codec.U64_MAX:
+        raise InvalidTransaction("recipient balance would overflow 64 bits")
+
+
+def compute_fee_split(fee: int, params: ChainParams) -> tuple[int, int]:
+    """(burned, paid to the producer) for one fee."""
+    burned = fee * params.fee_burn_percent // 100
+    return burned, fee - burned
+
+
+def process_transaction(state: State, tx: Transaction, params: ChainParams) -> int:
+    """Apply a validated transfer in place; return the producer's share of the fee."""
+    validate_transaction_state(state, tx)
+    sender_address = tx.sender_address
+    sender = state.get(sender_address)
+    state.accounts[sender_address] = Account(sender.balance - tx.amount - tx.fee, sender.nonce + 1)
+    recipient = state.get(tx.recipient)
+    state.accounts[tx.recipient] = Account(recipient.balance + tx.amount, recipient.nonce)
+    burned, paid = compute_fee_split(tx.fee, params)
+    state.burned += burned
+    return paid
+
+
+def process_block_body(
+    parent_state: State,
+    transactions: tuple[Transaction, ...],
+    producer: bytes,
+    chain_id: str,
+    params: ChainParams,
+    *,
+    check_signatures: bool = True,
+) -> State:
+    """The state after a block's transactions and its reward; the parent is untouched."""
+    state = parent_state.copy()
+    producer_income = params.block_reward
+    for tx in transactions:
+        validate_transaction_static(tx, chain_id, params, check_signature=check_signatures)
+        producer_income += process_transaction(state, tx, params)
+    acct = state.get(producer)
+    if acct.balance + producer_income > codec.U64_MAX:
+        raise InvalidTransaction("producer balance would overflow 64 bits")
+    state.accounts[producer] = Account(acct.balance + producer_income, acct.nonce)
+    state.issued += params.block_reward
+    return state

@@ -1,0 +1,166 @@
+"""Frozen, typed consensus values and their one canonical encoding.
+
+Each value is a NamedTuple: immutable, typed, cheap to build, and packed by msgpack
+as an array in field order, which is exactly the canonical form. `decode_*` checks
+every field's type and size and goes through `codec.decode`, which rejects any bytes
+that do not re-encode identically.
+"""
+
+from typing import Any, NamedTuple
+
+from consensus import codec
+from consensus.codec import read_bytes, read_list, read_str, read_uint
+from consensus.crypto import (
+    ADDRESS_BYTES,
+    HASH_BYTES,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    address_of,
+    sha256,
+)
+from consensus.errors import DecodeError
+
+# Transaction kinds. Staking kinds are reserved for the proof-of-stake engine; the
+# codec accepts them so that engines can add rules without a new encoding.
+TX_TRANSFER = 0
+TX_STAKE = 1
+TX_UNSTAKE = 2
+TX_KINDS = (TX_TRANSFER, TX_STAKE, TX_UNSTAKE)
+
+CHAIN_ID_CHARS_MAX = 64  # a human-readable name, not a payload
+BLOCK_VERSION = 1
+NONCE_BYTES = 8  # fixed width, so the header's last 8 bytes are the nonce (midstate)
+
+# One block carries at most this many transactions; together with the frame limit it
+# bounds what a peer can make us decode and apply.
+BLOCK_TRANSACTIONS_MAX = 4096
+
+
+class Transaction(NamedTuple):
+    kind: int
+    chain_id: str
+    sender: bytes  # Ed25519 public key of the paying account
+    recipient: bytes  # address (20 bytes)
+    amount: int
+    fee: int
+    nonce: int  # the sender's account nonce this transaction consumes
+    signature: bytes
+
+    def signing_bytes(self) -> bytes:
+        """What the sender signs: every field but the signature, under a domain tag."""
+        return codec.encode(("chainlab/tx/v1",) + tuple(self[:7]))
+
+    def encode(self) -> bytes:
+        return codec.encode(self)
+
+    @property
+    def txid(self) -> bytes:
+        """sha256 of the canonical bytes, signature included."""
+        return sha256(self.encode())
+
+    @property
+    def sender_address(self) -> bytes:
+        return address_of(self.sender)
+
+
+class BlockHeader(NamedTuple):
+    version: int
+    height: int
+    parent: bytes
+    timestamp_ms: int
+    tx_root: bytes
+    state_root: bytes
+    producer: bytes  # address credited with the reward and the fees
+    bits: int  # compact target (proof of work); 0 where an engine has none
+    nonce: bytes  # last, fixed width: the miner's midstate covers everything before it
+
+    def encode(self) -> bytes:
+        return codec.encode(self)
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.encode())
+
+
+class Block(NamedTuple):
+    header: BlockHeader
+    transactions: tuple[Transaction, ...]
+
+    def encode(self) -> bytes:
+        return codec.encode(self)
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+
+def _read_transaction(value: Any, what: str) -> Transaction:
+    f = read_list(value, what, 8)
+    kind = read_uint(f[0], f"{what}.kind", 255)
+    if kind not in TX_KINDS:
+        raise DecodeError(f"{what}.kind: unknown transaction kind {kind}")
+    return Transaction(
+        kind,
+        read_str(f[1], f"{what}.chain_id", CHAIN_ID_CHARS_MAX),
+        read_bytes(f[2], f"{what}.sender", PUBLIC_KEY_BYTES),
+        read_bytes(f[3], f"{what}.recipient", ADDRESS_BYTES),
+        read_uint(f[4], f"{what}.amount"),
+        read_uint(f[5], f"{what}.fee"),
+        read_uint(f[6], f"{what}.nonce"),
+        read_bytes(f[7], f"{what}.signature", SIGNATURE_BYTES),
+    )
+
+
+def _read_header(value: Any, what: str) -> BlockHeader:
+    f = read_list(value, what, 9)
+    return BlockHeader(
+        read_uint(f[0], f"{what}.version", 2**32 - 1),
+        read_uint(f[1], f"{what}.height"),
+        read_bytes(f[2], f"{what}.parent", HASH_BYTES),
+        read_uint(f[3], f"{what}.timestamp_ms"),
+        read_bytes(f[4], f"{what}.tx_root", HASH_BYTES),
+        read_bytes(f[5], f"{what}.state_root", HASH_BYTES),
+        read_bytes(f[6], f"{what}.producer", ADDRESS_BYTES),
+        read_uint(f[7], f"{what}.bits", 2**32 - 1),
+        read_bytes(f[8], f"{what}.nonce", NONCE_BYTES),
+    )
+
+
+def read_block(value: Any, what: str = "block") -> Block:
+    f = read_list(value, what, 2)
+    header = _read_header(f[0], f"{what}.header")
+    txs = read_list(f[1], f"{what}.transactions", length_max=BLOCK_TRANSACTIONS_MAX)
+    return Block(header, tuple(_read_transaction(t, f"{what}.transactions[{i}]") for i, t in enumerate(txs)))
+
+
+def decode_transaction(data: bytes) -> Transaction:
+    return _read_transaction(codec.decode(data), "transaction")
+
+
+def decode_header(data: bytes) -> BlockHeader:
+    return _read_header(codec.decode(data), "header")
+
+
+def decode_block(data: bytes) -> Block:
+    return read_block(codec.decode(data))
+
+
+def merkle_root(leaves: list[bytes]) -> bytes:
+    """Merkle root with leaf and node domain tags (RFC 6962 style).
+
+    The tags and promoting an odd last node (instead of Bitcoin's duplication) rule out
+    two different lists with one root (CVE-2012-2459).
+    """
+    if not leaves:
+        return sha256(b"\x02")
+    level = [sha256(b"\x00" + leaf) for leaf in leaves]
+    while len(level) > 1:
+        nxt = [sha256(b"\x01" + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def compute_tx_root(transactions: tuple[Transaction, ...] | list[Transaction]) -> bytes:
+    return merkle_root([tx.txid for tx in transactions])
