@@ -1,0 +1,929 @@
+"""NodeCore: the whole node as a deterministic state machine (DESIGN.md section 2).
+
+It composes the block tree and engine, the mempool, and the peer-to-peer protocol.
+The shell (node.runtime, or the simulator) feeds it inputs with `step`, takes the
+effects with `ready`, applies them in order (persist, then send, then reply) and
+acknowledges with `advance`. Nothing here waits, reads a clock or draws global
+randomness: time arrives in inputs, randomness is a seeded `rng` argument.
+
+    core.step(Tick(now_ms)) / step(BytesReceived(...)) / step(RpcCalled(...)) ...
+    ready = core.ready()       # effects and the next wake-up time
+    ... persist ready.persist_blocks, send ready.sends, close, dial, mine, reply ...
+    core.advance(ready)
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NamedTuple
+
+from consensus.chain import Added, BlockTree
+from consensus.crypto import KeyPair, address_of
+from consensus.engine import make_engine
+from consensus.errors import (
+    DecodeError,
+    DuplicateBlock,
+    FutureBlock,
+    InvalidSignature,
+    InvalidTransaction,
+    ReorgTooDeep,
+    UnknownParent,
+    ValidationError,
+    WrongChain,
+)
+from consensus.genesis import Genesis
+from consensus.pow.difficulty import compact_to_target
+from consensus.pow.mining import header_prefix, with_nonce
+from consensus.types import Block, Transaction, decode_block, decode_transaction
+from node.mempool import Mempool, MempoolRejected
+from p2p.config import P2PConfig
+from p2p.connection import (
+    Connection,
+    ConnectionClosed,
+    HandshakeCompleted,
+    LocalIdentity,
+    MessageReceived,
+    State as ConnState,
+    node_id_of,
+)
+from p2p.errors import HandshakeFailed, Reason
+from p2p.gossip import GossipRouter, Rng, SeenCache, Verdict
+from p2p.messages import (
+    Blocks,
+    GetBlocksByHash,
+    GetBlocksByRange,
+    GetPeers,
+    Gossip,
+    HeadSummary,
+    Peers,
+    Ping,
+    Pong,
+    Status,
+    Topic,
+)
+from p2p.scoring import Offence, PeerScores
+from p2p.sync import OrphanPool, PendingRequest
+
+# --- configuration -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    p2p: P2PConfig = field(default_factory=P2PConfig)
+    listen_address: str = ""  # advertised to peers; "" when we accept no connections
+    bootstrap: tuple[str, ...] = ()  # addresses dialled at start and redialled forever
+    mining_enabled: bool = False  # mine continuously from the start
+    producer: bytes | None = None  # reward address; the node key's address by default
+    mempool_transactions_max: int = 20_000
+    mempool_per_sender_max: int = 256  # nonces a sender may queue ahead of the chain
+    block_transactions_max: int = 2_000  # what this node puts in a block it makes
+    mining_refresh_ms: int = 1_000  # rebuild a template for new transactions at most this often
+    heartbeat_ms: int = 250  # the longest the core sleeps without a tick
+    generate_blocks_max: int = 1_000  # miner_generate(n): n at most this
+    mempool_list_max: int = 1_000
+
+    def validate(self) -> None:
+        self.p2p.validate()
+        assert self.mempool_transactions_max >= 1 and self.block_transactions_max >= 1
+        assert self.heartbeat_ms >= 1 and self.mining_refresh_ms >= 1
+
+
+# --- inputs (things that happened) ------------------------------------------------
+
+
+class Tick(NamedTuple):
+    now_ms: int
+
+
+class PeerConnected(NamedTuple):
+    conn_id: int
+    outbound: bool
+    address: str  # the dialled address (outbound) or the remote address (inbound)
+
+
+class DialFailed(NamedTuple):
+    address: str
+    error: str
+
+
+class BytesReceived(NamedTuple):
+    conn_id: int
+    data: bytes
+
+
+class PeerDisconnected(NamedTuple):
+    conn_id: int
+    error: str = ""
+
+
+class RpcCalled(NamedTuple):
+    request_id: int
+    method: str
+    params: Any  # a JSON list or object, as the client sent it
+
+
+class MinerReport(NamedTuple):
+    """A slice of nonce search finished: a nonce that meets the target, or None."""
+
+    work_id: int
+    nonce: int | None
+    hashes: int
+
+
+Input = Tick | PeerConnected | DialFailed | BytesReceived | PeerDisconnected | RpcCalled | MinerReport
+
+
+# --- effects ---------------------------------------------------------------------
+
+
+class MiningWork(NamedTuple):
+    work_id: int
+    prefix: bytes  # the header's canonical bytes before the 8-byte nonce
+    target: int
+    height: int
+
+
+class RpcReply(NamedTuple):
+    request_id: int
+    result: Any
+    error: tuple[int, str] | None  # (JSON-RPC code, message)
+
+
+@dataclass
+class Ready:
+    now_ms: int
+    persist_blocks: list[Block]
+    persist_peers: list[str]
+    sends: list[tuple[int, bytes]]
+    closes: list[int]
+    dials: list[str]
+    mining_changed: bool
+    mining: MiningWork | None  # the work to do now; None means stop mining
+    replies: list[RpcReply]
+    logs: list[dict]
+    wake_at_ms: int
+
+    def empty(self) -> bool:
+        return not (self.persist_blocks or self.persist_peers or self.sends or self.closes or self.dials
+                    or self.mining_changed or self.replies or self.logs)
+
+
+class RpcError(Exception):
+    """An RPC call the node refuses; becomes a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+INVALID_PARAMS = -32602
+METHOD_NOT_FOUND = -32601
+APP_ERROR = -32000  # application errors: -32000 .. -32099
+TX_REJECTED = -32010
+NOT_FOUND = -32004
+
+
+class Deferred:
+    """Returned by an RPC method whose reply comes later (miner_generate)."""
+
+
+DEFERRED = Deferred()
+
+
+# --- peers --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Peer:
+    conn_id: int
+    conn: Connection
+    outbound: bool
+    address: str
+    connected_ms: int
+    last_received_ms: int
+    node_id: str | None = None
+    listen_address: str = ""
+    head: HeadSummary | None = None
+    ping_nonce: int | None = None
+    next_ping_ms: int = 0
+    requests: int = 0  # in flight to this peer
+
+    @property
+    def ready(self) -> bool:
+        return self.conn.state is ConnState.READY
+
+
+@dataclass
+class AddressInfo:
+    failures: int = 0
+    next_dial_ms: int = 0
+    persistent: bool = False  # bootstrap addresses are always retried
+    self_address: bool = False  # dialling it reached ourselves: never again
+
+
+# --- the core -------------------------------------------------------------------------
+
+
+class NodeCore:
+    def __init__(
+        self,
+        genesis: Genesis,
+        node_key: KeyPair,
+        config: NodeConfig,
+        rng: Rng,
+        now_ms: int,
+        *,
+        stored_blocks: Iterable[Block] = (),
+        skip_pow_check_for_simulation: bool = False,
+    ):
+        config.validate()
+        self.genesis = genesis
+        self.config = config
+        self.p2p = config.p2p
+        self.rng = rng
+        self.now_ms = now_ms
+        self.key = node_key
+        self.node_id = node_id_of(node_key.public_key)
+        self.producer = config.producer or address_of(node_key.public_key)
+        self.engine = make_engine(genesis, skip_pow_check_for_simulation=skip_pow_check_for_simulation)
+        self.tree = BlockTree(genesis, self.engine)
+        self.mempool = Mempool(config.mempool_transactions_max, config.mempool_per_sender_max)
+        self.identity = LocalIdentity(node_key, genesis.chain_id, genesis.hash, config.listen_address)
+        self.router = GossipRouter(self.p2p.gossip_fanout, SeenCache(self.p2p.seen_cache_entries_max, self.p2p.seen_ttl_ms), rng)
+        self.scores = PeerScores(self.p2p.ban_ms, self.p2p.score_ban_threshold)
+        self.orphans = OrphanPool(self.p2p.orphan_blocks_max, self.p2p.orphan_ttl_ms)
+        self.peers: dict[int, Peer] = {}  # conn id -> peer
+        self.by_node_id: dict[str, int] = {}  # node id -> conn id, handshaken peers only
+        self.addresses: dict[str, AddressInfo] = {}
+        self.dialing: set[str] = set()
+        self.requests: dict[int, PendingRequest] = {}
+        self._request_seq = 0
+        self.ancestor_requests: dict[bytes, int] = {}  # orphan root hash -> retry after (ms)
+        # Effects waiting for `ready`.
+        self._persist_blocks: list[Block] = []
+        self._persist_peers: list[str] = []
+        self._closes: list[int] = []
+        self._closing: dict[int, Connection] = {}  # closed by us, Goodbye not yet flushed
+        self._dials: list[str] = []
+        self._replies: list[RpcReply] = []
+        self._logs: list[dict] = []
+        self._mining_changed = False
+        # Mining.
+        self.mining_enabled = config.mining_enabled
+        self.work: MiningWork | None = None
+        self._templates: dict[int, Block] = {}
+        self._work_seq = 0
+        self._work_dirty = True
+        self._mempool_dirty = False
+        self._work_made_ms = 0
+        self.generate_pending: list[list] = []  # [request_id, remaining, [hashes]]
+        # Counters for status and invariants.
+        self.hashes_tried = 0
+        self.blocks_mined = 0
+        self.reorgs = 0
+        self.deepest_reorg = 0
+        self.invalid_blocks_seen = 0
+        self._next_status_ms = now_ms
+        for address in config.bootstrap:
+            self.addresses[address] = AddressInfo(persistent=True)
+        self._restore(stored_blocks)
+
+    # === the three calls ===========================================================
+
+    def step(self, event: Input) -> None:
+        """Apply one input. Never raises for anything a peer or client sent."""
+        if isinstance(event, Tick):
+            self.now_ms = max(self.now_ms, event.now_ms)
+            self._on_tick()
+        elif isinstance(event, BytesReceived):
+            self._on_bytes(event.conn_id, event.data)
+        elif isinstance(event, PeerConnected):
+            self._on_connected(event)
+        elif isinstance(event, PeerDisconnected):
+            self._on_disconnected(event.conn_id, event.error)
+        elif isinstance(event, DialFailed):
+            self._on_dial_failed(event.address, event.error)
+        elif isinstance(event, RpcCalled):
+            self._on_rpc(event)
+        elif isinstance(event, MinerReport):
+            self._on_miner_report(event)
+        else:
+            raise AssertionError(f"unknown input {event!r}")
+        self._maybe_refresh_work()
+
+    def ready(self) -> Ready:
+        sends = []
+        for conn_id in sorted(self.peers):
+            data = self.peers[conn_id].conn.data_to_send()
+            if data:
+                sends.append((conn_id, data))
+        for conn_id in sorted(self._closing):
+            data = self._closing[conn_id].data_to_send()
+            if data:
+                sends.append((conn_id, data))
+        self._closing.clear()
+        ready = Ready(
+            now_ms=self.now_ms,
+            persist_blocks=self._persist_blocks,
+            persist_peers=self._persist_peers,
+            sends=sends,
+            closes=self._closes,
+            dials=self._dials,
+            mining_changed=self._mining_changed,
+            mining=self.work,
+            replies=self._replies,
+            logs=self._logs,
+            wake_at_ms=self.now_ms + self.config.heartbeat_ms,
+        )
+        self._persist_blocks, self._persist_peers, self._closes, self._dials = [], [], [], []
+        self._replies, self._logs = [], []
+        self._mining_changed = False
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """The shell applied `ready`. Effects were handed over in `ready` already, so this
+        only checks the protocol: no input may arrive between ready and advance."""
+        assert ready.now_ms == self.now_ms
+
+    # === restore ========================================================================
+
+    def _restore(self, blocks: Iterable[Block]) -> None:
+        """Rebuild the tree from stored blocks (in the order they were persisted).
+
+        They passed every rule before they were stored, so signatures are not checked
+        again; the clock rule is skipped because a restart may come long after.
+        """
+        self.tree.check_signatures = False
+        restored = 0
+        try:
+            for block in blocks:
+                try:
+                    added = self.tree.add_block(block, now_ms=2**62)
+                except (DuplicateBlock, ReorgTooDeep):
+                    continue
+                restored += 1
+                if added.head_changed:
+                    self._note_reorg(added)
+        finally:
+            self.tree.check_signatures = True
+        if restored:
+            self._log("restored", blocks=restored, height=self.tree.head.height, head=self.tree.head.hash.hex())
+
+    # === time ===========================================================================
+
+    def _on_tick(self) -> None:
+        now = self.now_ms
+        self.scores.expire(now)
+        self.orphans.expire(now)
+        for conn_id in sorted(self.peers):
+            peer = self.peers.get(conn_id)
+            if peer is None:
+                continue
+            if not peer.ready:
+                if now - peer.connected_ms > self.p2p.handshake_timeout_ms:
+                    self._disconnect(peer, Reason.TIMEOUT, "handshake timed out")
+                continue
+            if now - peer.last_received_ms > self.p2p.peer_timeout_ms:
+                self._disconnect(peer, Reason.TIMEOUT, f"silent for {now - peer.last_received_ms} ms")
+                continue
+            if now >= peer.next_ping_ms:
+                peer.ping_nonce = self.rng.getrandbits(63)
+                peer.conn.send(Ping(peer.ping_nonce))
+                peer.next_ping_ms = now + self.p2p.ping_interval_ms
+        for request_id in sorted(self.requests):
+            request = self.requests[request_id]
+            if request.deadline_ms <= now:
+                self._finish_request(request_id)
+                self._penalise_node(request.peer, Offence.REQUEST_TIMEOUT, "request timed out")
+        if now >= self._next_status_ms:
+            self._next_status_ms = now + self.p2p.status_interval_ms
+            status = Status(self.head_summary())
+            for peer in self._ready_peers():
+                peer.conn.send(status)
+        self._dial_more()
+        self._sync_from_peers()
+
+    # === connections =====================================================================
+
+    def _on_connected(self, event: PeerConnected) -> None:
+        assert event.conn_id not in self.peers, "the shell never reuses a live connection id"
+        if event.outbound:
+            self.dialing.discard(event.address)
+        elif sum(1 for p in self.peers.values() if not p.outbound) >= self.p2p.peers_inbound_max:
+            conn = self._new_connection()
+            conn.close(Reason.TOO_MANY_PEERS, "inbound connections are full")
+            self._closing[event.conn_id] = conn
+            self._closes.append(event.conn_id)
+            return
+        if self.scores.is_banned(event.address, self.now_ms):
+            conn = self._new_connection()
+            conn.close(Reason.BANNED, "address is banned")
+            self._closing[event.conn_id] = conn
+            self._closes.append(event.conn_id)
+            return
+        self.peers[event.conn_id] = Peer(
+            event.conn_id, self._new_connection(), event.outbound, event.address,
+            connected_ms=self.now_ms, last_received_ms=self.now_ms,
+        )
+
+    def _new_connection(self) -> Connection:
+        return Connection(self.identity, self.p2p, self.rng.randbytes(32), self.head_summary())
+
+    def _on_dial_failed(self, address: str, error: str) -> None:
+        self.dialing.discard(address)
+        self._backoff(address)
+        self._log("dial_failed", address=address, error=error)
+
+    def _backoff(self, address: str) -> None:
+        info = self.addresses.get(address)
+        if info is None:
+            return
+        info.failures += 1
+        delay = min(self.p2p.dial_backoff_max_ms, self.p2p.dial_backoff_min_ms * 2 ** min(info.failures, 16))
+        # Jitter spreads redials so peers that lost each other do not dial in lockstep.
+        info.next_dial_ms = self.now_ms + int(delay * (0.5 + self.rng.random()))
+
+    def _on_disconnected(self, conn_id: int, error: str) -> None:
+        peer = self.peers.pop(conn_id, None)
+        if peer is None:
+            return
+        self._forget_peer(peer)
+        if peer.outbound:
+            self._backoff(peer.address)
+        self._log("peer_disconnected", peer=peer.node_id, address=peer.address, error=error)
+
+    def _forget_peer(self, peer: Peer) -> None:
+        if peer.node_id is not None and self.by_node_id.get(peer.node_id) == peer.conn_id:
+            del self.by_node_id[peer.node_id]
+        for request_id in [r for r, req in self.requests.items() if req.peer == peer.node_id]:
+            self._finish_request(request_id)
+
+    def _disconnect(self, peer: Peer, reason: Reason, text: str) -> None:
+        """Close a peer's connection from our side (Goodbye is flushed by `ready`)."""
+        peer.conn.close(reason, text)
+        self.peers.pop(peer.conn_id, None)
+        self._closing[peer.conn_id] = peer.conn
+        self._closes.append(peer.conn_id)
+        self._forget_peer(peer)
+        if peer.outbound:
+            self._backoff(peer.address)
+        self._log("peer_closed", peer=peer.node_id, address=peer.address, reason=reason.name.lower(), text=text)
+
+    def _ready_peers(self) -> list[Peer]:
+        return [self.peers[c] for c in sorted(self.peers) if self.peers[c].ready]
+
+    def _dial_more(self) -> None:
+        outbound = sum(1 for p in self.peers.values() if p.outbound) + len(self.dialing)
+        if outbound >= self.p2p.peers_outbound_target:
+            return
+        connected = {p.address for p in self.peers.values()} | {p.listen_address for p in self.peers.values()}
+        for address in sorted(self.addresses):
+            if outbound >= self.p2p.peers_outbound_target:
+                break
+            info = self.addresses[address]
+            if (
+                info.self_address or address in connected or address in self.dialing
+                or info.next_dial_ms > self.now_ms or address == self.config.listen_address
+                or self.scores.is_banned(address, self.now_ms)
+            ):
+                continue
+            self.dialing.add(address)
+            self._dials.append(address)
+            # Until the dial reports back, do not dial it again.
+            info.next_dial_ms = self.now_ms + self.p2p.handshake_timeout_ms
+            outbound += 1
+
+    def add_peer_address(self, address: str, persistent: bool = False) -> bool:
+        if address in self.addresses:
+            self.addresses[address].persistent |= persistent
+            return False
+        if len(self.addresses) >= self.p2p.address_book_entries_max:
+            removable = sorted(a for a, i in self.addresses.items() if not i.persistent)
+            if not removable:
+                return False
+            worst = max(removable, key=lambda a: (self.addresses[a].failures, a))
+            del self.addresses[worst]
+        self.addresses[address] = AddressInfo(persistent=persistent)
+        self._persist_peers.append(address)
+        return True
+
+    # === bytes and messages ==================================================================
+
+    def _on_bytes(self, conn_id: int, data: bytes) -> None:
+        peer = self.peers.get(conn_id)
+        if peer is None:
+            return  # closed by us; late bytes are dropped
+        peer.last_received_ms = self.now_ms
+        for event in peer.conn.receive_data(data):
+            if conn_id not in self.peers:
+                break
+            if isinstance(event, HandshakeCompleted):
+                self._on_handshake(peer, event)
+            elif isinstance(event, MessageReceived):
+                self._on_message(peer, event.message)
+            elif isinstance(event, ConnectionClosed):
+                self._on_conn_closed(peer, event)
+
+    def _on_conn_closed(self, peer: Peer, event: ConnectionClosed) -> None:
+        self.peers.pop(peer.conn_id, None)
+        self._closing[peer.conn_id] = peer.conn
+        self._closes.append(peer.conn_id)
+        self._forget_peer(peer)
+        reason = Reason.describe(event.reason)
+        if event.by_peer:
+            self._log("peer_said_goodbye", peer=peer.node_id, address=peer.address, reason=reason, text=event.text)
+            if peer.outbound:
+                self._backoff(peer.address)
+            return
+        # We closed it because of a protocol error: that is misbehaviour, or a peer of another network.
+        self._log("peer_refused" if isinstance(event.error, HandshakeFailed) else "peer_protocol_error",
+                  peer=peer.node_id, address=peer.address, reason=reason, text=event.text)
+        if event.reason == Reason.SELF_CONNECTION:
+            if peer.address in self.addresses:
+                self.addresses[peer.address].self_address = True
+            return
+        key = peer.node_id or peer.address
+        self.scores.ban(key, self.now_ms, f"{reason}: {event.text}")
+        if peer.outbound:
+            self.scores.ban(peer.address, self.now_ms, f"{reason}: {event.text}")
+            self._backoff(peer.address)
+
+    def _on_handshake(self, peer: Peer, event: HandshakeCompleted) -> None:
+        peer.node_id = event.node_id
+        peer.listen_address = event.listen_address
+        peer.head = event.head
+        peer.next_ping_ms = self.now_ms + self.p2p.ping_interval_ms
+        if self.scores.is_banned(event.node_id, self.now_ms):
+            self._disconnect(peer, Reason.BANNED, "node is banned")
+            return
+        existing_id = self.by_node_id.get(event.node_id)
+        if existing_id is not None:
+            # One connection per node. Both ends keep the connection dialled by the
+            # node with the lower id, so simultaneous dials settle on the same one.
+            existing = self.peers[existing_id]
+            keep_new = self._dialer_id(peer) < self._dialer_id(existing)
+            loser = existing if keep_new else peer
+            self._disconnect(loser, Reason.DUPLICATE_CONNECTION, "already connected")
+            if not keep_new:
+                return
+        self.by_node_id[event.node_id] = peer.conn_id
+        if peer.outbound:
+            info = self.addresses.get(peer.address)
+            if info is not None:
+                info.failures = 0
+        if event.listen_address:
+            self.add_peer_address(event.listen_address)
+        self._log("peer_connected", peer=event.node_id, address=peer.address, outbound=peer.outbound,
+                  peer_height=event.head.height)
+        peer.conn.send(GetPeers())
+        self._maybe_sync(peer)
+
+    def _dialer_id(self, peer: Peer) -> str:
+        assert peer.node_id is not None
+        return self.node_id if peer.outbound else peer.node_id
+
+    def _on_message(self, peer: Peer, msg: Any) -> None:
+        if isinstance(msg, Gossip):
+            self._on_gossip(peer, msg)
+        elif isinstance(msg, Status):
+            peer.head = msg.head
+            self._maybe_sync(peer)
+        elif isinstance(msg, Ping):
+            peer.conn.send(Pong(msg.nonce))
+        elif isinstance(msg, Pong):
+            peer.ping_nonce = None
+        elif isinstance(msg, GetBlocksByRange):
+            self._serve_range(peer, msg)
+        elif isinstance(msg, GetBlocksByHash):
+            self._serve_hashes(peer, msg)
+        elif isinstance(msg, Blocks):
+            self._on_blocks(peer, msg)
+        elif isinstance(msg, GetPeers):
+            addresses = sorted({p.listen_address for p in self._ready_peers() if p.listen_address and p is not peer})
+            peer.conn.send(Peers(tuple(addresses[: self.p2p.peer_exchange_addresses_max])))
+        elif isinstance(msg, Peers):
+            if len(msg.addresses) > self.p2p.peer_exchange_addresses_max:
+                self._penalise(peer, Offence.OVERSIZED_RESPONSE, "too many peer addresses")
+                return
+            for address in msg.addresses:
+                if address and address != self.config.listen_address:
+                    self.add_peer_address(address)
+        else:
+            raise AssertionError(f"connection delivered {msg!r} after the handshake")
+
+    def _penalise(self, peer: Peer, offence: Offence, reason: str) -> None:
+        key = peer.node_id or peer.address
+        self._log("peer_penalised", peer=key, offence=offence.name.lower(), reason=reason)
+        if self.scores.penalise(key, offence, self.now_ms, reason):
+            self._disconnect(peer, Reason.MISBEHAVIOUR, reason)
+
+    def _penalise_node(self, node_id: str, offence: Offence, reason: str) -> None:
+        conn_id = self.by_node_id.get(node_id)
+        if conn_id is not None and conn_id in self.peers:
+            self._penalise(self.peers[conn_id], offence, reason)
+        else:
+            self.scores.penalise(node_id, offence, self.now_ms, reason)
+
+    # === gossip =================================================================================
+
+    def _on_gossip(self, peer: Peer, msg: Gossip) -> None:
+        if msg.topic not in (Topic.TRANSACTIONS, Topic.BLOCKS):
+            return  # topics of other engines: ignored, not an offence
+        msg_id = self.router.on_receive(msg.topic, msg.payload, self.now_ms)
+        if msg_id is None:
+            return  # a duplicate, counted by the router
+        if msg.topic == Topic.TRANSACTIONS:
+            verdict = self._on_gossip_transaction(peer, msg.payload)
+        else:
+            verdict = self._on_gossip_block(peer, msg.payload)
+        if verdict is Verdict.ACCEPT:
+            self._forward(msg.topic, msg.payload, exclude=peer.node_id)
+
+    def _forward(self, topic: int, payload: bytes, exclude: str | None) -> None:
+        ready = {p.node_id: p for p in self._ready_peers() if p.node_id is not None}
+        for node_id in self.router.choose_targets(sorted(ready), exclude):
+            ready[node_id].conn.send(Gossip(topic, payload))
+
+    def _publish(self, topic: int, payload: bytes) -> None:
+        self.router.publish(topic, payload, self.now_ms)
+        self._forward(topic, payload, exclude=None)
+
+    def _on_gossip_transaction(self, peer: Peer, payload: bytes) -> Verdict:
+        try:
+            tx = decode_transaction(payload)
+        except DecodeError as exc:
+            self._penalise(peer, Offence.MALFORMED_MESSAGE, f"malformed transaction: {exc}")
+            return Verdict.REJECT
+        try:
+            self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+        except (InvalidSignature, WrongChain) as exc:
+            self._penalise(peer, Offence.INVALID_SIGNATURE, f"invalid transaction: {exc}")
+            return Verdict.REJECT
+        except (InvalidTransaction, MempoolRejected):
+            return Verdict.IGNORE  # stale, already known, or a race: no blame
+        self._mempool_dirty = True
+        return Verdict.ACCEPT
+
+    def _on_gossip_block(self, peer: Peer, payload: bytes) -> Verdict:
+        try:
+            block = decode_block(payload)
+        except DecodeError as exc:
+            self._penalise(peer, Offence.MALFORMED_MESSAGE, f"malformed block: {exc}")
+            return Verdict.REJECT
+        # The sender has at least this block; a better head summary comes with Status.
+        return self._import_block(block, peer)
+
+    # === blocks ====================================================================================
+
+    def _import_block(self, block: Block, peer: Peer | None) -> Verdict:
+        """Validate and add a block (and the orphans waiting for it). The one way in."""
+        try:
+            added = self.tree.add_block(block, self.now_ms)
+        except DuplicateBlock:
+            return Verdict.IGNORE
+        except UnknownParent:
+            if self.orphans.add(block, peer.node_id if peer else None, self.now_ms) and peer is not None:
+                self._request_ancestors(peer, block)
+            return Verdict.IGNORE
+        except (FutureBlock, ReorgTooDeep) as exc:
+            self._log("block_ignored", height=block.header.height, hash=block.hash.hex(), reason=str(exc))
+            return Verdict.IGNORE
+        except ValidationError as exc:
+            self.invalid_blocks_seen += 1
+            self._log("block_rejected", height=block.header.height, hash=block.hash.hex(), reason=str(exc),
+                      peer=peer.node_id if peer else None)
+            if peer is not None:
+                self._penalise(peer, Offence.INVALID_BLOCK, f"invalid block: {exc}")
+            return Verdict.REJECT
+        self._on_block_added(added)
+        # Orphans waiting for this block (and their children) can go in now.
+        waiting = [block.hash]
+        while waiting:
+            for orphan in self.orphans.take_children(waiting.pop()):
+                sender = self.peers.get(self.by_node_id.get(orphan.peer, -1)) if orphan.peer else None
+                if self._import_orphan(orphan.block, sender):
+                    waiting.append(orphan.block.hash)
+        return Verdict.ACCEPT
+
+    def _import_orphan(self, block: Block, peer: Peer | None) -> bool:
+        try:
+            added = self.tree.add_block(block, self.now_ms)
+        except (DuplicateBlock, FutureBlock, ReorgTooDeep, UnknownParent):
+            return False
+        except ValidationError as exc:
+            self.invalid_blocks_seen += 1
+            self._log("block_rejected", height=block.header.height, hash=block.hash.hex(), reason=str(exc))
+            if peer is not None:
+                self._penalise(peer, Offence.INVALID_BLOCK, f"invalid block: {exc}")
+            return False
+        self._on_block_added(added)
+        return True
+
+    def _on_block_added(self, added: Added) -> None:
+        self._persist_blocks.append(added.entry.block)
+        if not added.head_changed:
+            return
+        self._note_reorg(added)
+        self.mempool.on_head_changed(added, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+        self._work_dirty = True
+        if added.reorg_depth:
+            self._log("reorg", depth=added.reorg_depth, old_head=added.reverted[0].hash.hex(),
+                      new_head=self.tree.head.hash.hex(), height=self.tree.head.height)
+
+    def _note_reorg(self, added: Added) -> None:
+        if added.reorg_depth:
+            self.reorgs += 1
+            self.deepest_reorg = max(self.deepest_reorg, added.reorg_depth)
+
+    # === sync ======================================================================================
+
+    def head_summary(self) -> HeadSummary:
+        head = self.tree.head
+        return HeadSummary(head.height, head.hash, head.score)
+
+    def _next_request_id(self) -> int:
+        self._request_seq += 1
+        return self._request_seq
+
+    def _send_request(self, peer: Peer, msg: Any, kind: str, count: int) -> None:
+        assert peer.node_id is not None
+        self.requests[msg.request_id] = PendingRequest(msg.request_id, peer.node_id, kind, count,
+                                                       self.now_ms + self.p2p.request_timeout_ms)
+        peer.requests += 1
+        peer.conn.send(msg)
+
+    def _finish_request(self, request_id: int) -> PendingRequest | None:
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            conn_id = self.by_node_id.get(request.peer)
+            if conn_id is not None and conn_id in self.peers:
+                self.peers[conn_id].requests -= 1
+        return request
+
+    def _sync_from_peers(self) -> None:
+        for peer in self._ready_peers():
+            self._maybe_sync(peer)
+
+    def _maybe_sync(self, peer: Peer) -> None:
+        """Ask a peer with a better head for the next batch of blocks."""
+        head = peer.head
+        if head is None or not peer.ready or peer.requests >= self.p2p.sync_requests_per_peer_max:
+            return
+        ours = self.tree.head
+        if head.score <= ours.score or head.hash in self.tree.entries or head.hash in self.orphans:
+            return
+        # One range request per gap at a time: do not ask two peers for the same heights.
+        if any(r.kind == "range" for r in self.requests.values()):
+            return
+        start = max(1, min(ours.height + 1, head.height))
+        count = min(self.p2p.sync_batch_blocks_max, head.height - start + 1)
+        self._send_request(peer, GetBlocksByRange(self._next_request_id(), start, count), "range", count)
+
+    def _request_ancestors(self, peer: Peer, block: Block) -> None:
+        """Fetch the blocks just below an orphan's root from the peer that sent it."""
+        root = self.orphans.root_of(block.hash).block
+        if self.ancestor_requests.get(root.hash, 0) > self.now_ms or peer.requests >= self.p2p.sync_requests_per_peer_max:
+            return
+        self.ancestor_requests[root.hash] = self.now_ms + self.p2p.request_timeout_ms
+        if len(self.ancestor_requests) > self.p2p.orphan_blocks_max:
+            for key in sorted(self.ancestor_requests, key=lambda k: (self.ancestor_requests[k], k))[: len(self.ancestor_requests) // 2]:
+                del self.ancestor_requests[key]
+        top = root.header.height - 1
+        start = max(self.tree.final_height + 1, top - self.p2p.sync_batch_blocks_max + 1, 1)
+        if top < start:
+            return
+        count = top - start + 1
+        self._send_request(peer, GetBlocksByRange(self._next_request_id(), start, count), "range", count)
+
+    def _serve_range(self, peer: Peer, msg: GetBlocksByRange) -> None:
+        count = min(msg.count, self.p2p.sync_batch_blocks_max)
+        blocks = [self.tree.canonical[h].block for h in range(msg.start_height, min(msg.start_height + count, len(self.tree.canonical)))]
+        peer.conn.send(Blocks(msg.request_id, self._fit_frame(blocks)))
+
+    def _serve_hashes(self, peer: Peer, msg: GetBlocksByHash) -> None:
+        if len(msg.hashes) > self.p2p.request_hashes_max:
+            self._penalise(peer, Offence.OVERSIZED_RESPONSE, f"asked for {len(msg.hashes)} hashes")
+            return
+        blocks = [e.block for e in (self.tree.get(h) for h in msg.hashes) if e is not None]
+        peer.conn.send(Blocks(msg.request_id, self._fit_frame(blocks)))
+
+    def _fit_frame(self, blocks: list[Block]) -> tuple[bytes, ...]:
+        """Encoded blocks, as many as fit one frame (leaving room for the envelope)."""
+        budget = self.p2p.frame_bytes_max - 1024
+        out: list[bytes] = []
+        for block in blocks:
+            encoded = block.encode()
+            if len(encoded) + 8 > budget:
+                break
+            budget -= len(encoded) + 8
+            out.append(encoded)
+        return tuple(out)
+
+    def _on_blocks(self, peer: Peer, msg: Blocks) -> None:
+        request = self.requests.get(msg.request_id)
+        if request is None or request.peer != peer.node_id:
+            self._penalise(peer, Offence.UNSOLICITED_RESPONSE, f"unsolicited blocks response {msg.request_id}")
+            return
+        self._finish_request(msg.request_id)
+        if len(msg.blocks) > request.count:
+            self._penalise(peer, Offence.OVERSIZED_RESPONSE, f"{len(msg.blocks)} blocks for a request of {request.count}")
+            return
+        for encoded in msg.blocks:
+            try:
+                block = decode_block(encoded)
+            except DecodeError as exc:
+                self._penalise(peer, Offence.MALFORMED_MESSAGE, f"malformed block in response: {exc}")
+                return
+            if self._import_block(block, peer) is Verdict.REJECT or peer.conn_id not in self.peers:
+                return
+        self._maybe_sync(peer)
+
+    # === mining ======================================================================================
+
+    def _maybe_refresh_work(self) -> None:
+        wants = self.mining_enabled or bool(self.generate_pending)
+        if not wants:
+            if self.work is not None:
+                self.work = None
+                self._templates.clear()
+                self._mining_changed = True
+            return
+        stale_mempool = self._mempool_dirty and self.now_ms - self._work_made_ms >= self.config.mining_refresh_ms
+        if self.work is not None and not self._work_dirty and not stale_mempool:
+            return
+        template = self.tree.build_block(
+            self.mempool.select(self.tree.head_state(), self.config.block_transactions_max),
+            self.producer,
+            self.now_ms,
+            transactions_max=self.config.block_transactions_max,
+        )
+        self._work_seq += 1
+        self._templates[self._work_seq] = template
+        for old in [w for w in self._templates if w < self._work_seq - 3]:
+            del self._templates[old]
+        self.work = MiningWork(self._work_seq, header_prefix(template.header), compact_to_target(template.header.bits),
+                               template.header.height)
+        self._mining_changed = True
+        self._work_dirty = False
+        self._mempool_dirty = False
+        self._work_made_ms = self.now_ms
+
+    def _on_miner_report(self, report: MinerReport) -> None:
+        self.hashes_tried += report.hashes
+        if report.nonce is None:
+            return
+        template = self._templates.pop(report.work_id, None)
+        if template is None:
+            return  # work we already replaced
+        block = Block(with_nonce(template.header, report.nonce), template.transactions)
+        verdict = self._import_block(block, None)
+        if verdict is not Verdict.ACCEPT:
+            self._log("mined_block_refused", height=block.header.height, hash=block.hash.hex(), verdict=verdict.value)
+            self._work_dirty = True
+            return
+        self.blocks_mined += 1
+        self._log("block_mined", height=block.header.height, hash=block.hash.hex(), transactions=len(block.transactions))
+        self._publish(Topic.BLOCKS, block.encode())
+        if self.generate_pending:
+            pending = self.generate_pending[0]
+            pending[1] -= 1
+            pending[2].append(block.hash.hex())
+            if pending[1] == 0:
+                self.generate_pending.pop(0)
+                self._replies.append(RpcReply(pending[0], pending[2], None))
+
+    # === RPC ==========================================================================================
+
+    def _on_rpc(self, call: RpcCalled) -> None:
+        from node.rpc_methods import dispatch
+
+        try:
+            result = dispatch(self, call)
+        except RpcError as exc:
+            self._replies.append(RpcReply(call.request_id, None, (exc.code, exc.message)))
+            return
+        if result is not DEFERRED:
+            self._replies.append(RpcReply(call.request_id, result, None))
+
+    def submit_transaction(self, tx: Transaction) -> bytes:
+        """Admit a transaction from a client and gossip it. Raises on refusal."""
+        txid = self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+        self._mempool_dirty = True
+        self._publish(Topic.TRANSACTIONS, tx.encode())
+        return txid
+
+    def remove_peer(self, node_id: str) -> bool:
+        conn_id = self.by_node_id.get(node_id)
+        if conn_id is None or conn_id not in self.peers:
+            return False
+        peer = self.peers[conn_id]
+        if peer.outbound and peer.address in self.addresses:
+            self.addresses[peer.address].persistent = False
+            del self.addresses[peer.address]
+        self._disconnect(peer, Reason.REMOVED, "removed by the operator")
+        return True
+
+    # === logs =========================================================================================
+
+    def _log(self, event: str, **fields: Any) -> None:
+        fields["event"] = event
+        self._logs.append(fields)
