@@ -723,7 +723,9 @@ class NodeCore:
         if not added.head_changed:
             return
         self._note_reorg(added)
-        self.mempool.on_head_changed(added, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+        readmitted = self.mempool.on_head_changed(added, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+        for tx in readmitted:
+            self._forward(Topic.TRANSACTIONS, tx.encode(), exclude=None)
         self._work_dirty = True
         if added.reorg_depth:
             self._log("reorg", depth=added.reorg_depth, old_head=added.reverted[0].hash.hex(),

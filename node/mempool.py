@@ -138,8 +138,11 @@ class Mempool:
                 heapq.heappush(heap, (-following.fee, following.txid, nonce + 1, sender))
         return chosen
 
-    def on_head_changed(self, added: Added, state: State, chain_id: str, params: ChainParams) -> None:
-        """Drop what the new chain included or made stale; take back what a reorg reverted."""
+    def on_head_changed(self, added: Added, state: State, chain_id: str, params: ChainParams) -> list[Transaction]:
+        """Drop what the new chain included or made stale; take back what a reorg reverted.
+
+        Returns the reverted transactions taken back, which the node gossips again: peers
+        that only ever saw them in the losing branch need them to include them."""
         for entry in added.applied:
             for tx in entry.block.transactions:
                 if tx.txid in self.by_id:
@@ -148,13 +151,16 @@ class Mempool:
             nonce = state.get(sender).nonce
             for tx in [t for n, t in self.by_sender.get(sender, {}).items() if n < nonce]:
                 self._remove(tx)
-        for entry in added.reverted:
+        readmitted = []
+        for entry in reversed(added.reverted):  # lowest first, so nonces arrive in order
             for tx in entry.block.transactions:
                 try:
                     # Signatures were checked when the block was applied.
-                    self.add(tx, state, chain_id, params, check_signature=False)
+                    self._add(tx, state, chain_id, params, check_signature=False)
                 except (InvalidTransaction, MempoolRejected):
                     continue  # included again on the new branch, or no longer payable
+                readmitted.append(tx)
+        return readmitted
 
     def list(self, limit: int) -> list[Transaction]:
         return sorted(self.by_id.values(), key=lambda t: (t.sender_address, t.nonce))[:limit]

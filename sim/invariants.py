@@ -1,0 +1,134 @@
+"""Invariant checks over what each node reports, the same for simulated and real networks.
+
+A ChainView is what one node says about its canonical chain; the simulator builds it
+from a NodeCore, a real testnet can build it over RPC. Each check returns a Verdict
+with a detail line that says what broke, where.
+"""
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Verdict(NamedTuple):
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class ChainView:
+    node: str
+    hashes: list[bytes]  # canonical block hash at each height
+    state_roots: list[bytes]
+    txids: list[list[bytes]]  # transactions at each height
+    senders_nonces: list[list[tuple[bytes, int]]]
+    total_balance: int
+    expected_supply: int
+    issued: int
+    expected_issued: int
+    final_height: int
+    head_state_root: bytes  # the root recomputed from the node's head state
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return len(self.hashes) - 1
+
+
+def view_of_core(name: str, core) -> ChainView:
+    """A ChainView of a NodeCore (read-only; no effects)."""
+    tree = core.tree
+    canonical = tree.canonical
+    state = tree.head_state()
+    return ChainView(
+        node=name,
+        hashes=[e.hash for e in canonical],
+        state_roots=[e.header.state_root for e in canonical],
+        txids=[[t.txid for t in e.block.transactions] for e in canonical],
+        senders_nonces=[[(t.sender_address, t.nonce) for t in e.block.transactions] for e in canonical],
+        total_balance=state.total_balance(),
+        expected_supply=state.expected_supply(),
+        issued=state.issued,
+        expected_issued=tree.params.block_reward * tree.head.height,
+        final_height=tree.final_height,
+        head_state_root=state.root(),
+    )
+
+
+def check_common_prefix(views: list[ChainView], k: int) -> Verdict:
+    """Every two nodes agree on every height at least k below the lower of their heads."""
+    name = f"common prefix below the last {k} blocks"
+    for i, a in enumerate(views):
+        for b in views[i + 1:]:
+            h = min(a.height, b.height) - k
+            # Blocks commit to their parents, so agreement at h means agreement below it.
+            if h >= 0 and a.hashes[h] != b.hashes[h]:
+                return Verdict(name, False, f"{a.node} and {b.node} differ at height {h} "
+                               f"({a.hashes[h].hex()[:12]} vs {b.hashes[h].hex()[:12]}), k={k}")
+    return Verdict(name, True, f"{len(views)} nodes agree below their last {k} blocks")
+
+
+def check_identical_at_equal_heights(views: list[ChainView], k: int) -> Verdict:
+    """All nodes hold the same block and state root at every height below the last k, and
+    each node's own state recomputes to the root its head block commits to."""
+    name = "identical blocks and state roots at equal heights"
+    if not views:
+        return Verdict(name, True, "no nodes")
+    for v in views:
+        if v.head_state_root != v.state_roots[-1]:
+            return Verdict(name, False, f"{v.node}: head state hashes to {v.head_state_root.hex()[:12]}, "
+                           f"its head block says {v.state_roots[-1].hex()[:12]}")
+    top = min(v.height for v in views) - k
+    checked = 0
+    for h in range(0, top + 1):
+        hashes = {v.hashes[h] for v in views}
+        roots = {v.state_roots[h] for v in views}
+        if len(hashes) != 1 or len(roots) != 1:
+            return Verdict(name, False, f"height {h}: {len(hashes)} distinct blocks, {len(roots)} distinct state roots")
+        checked += 1
+    return Verdict(name, True, f"{checked} heights identical on {len(views)} nodes")
+
+
+def check_supply(views: list[ChainView]) -> Verdict:
+    name = "supply conserved (genesis + rewards - burned)"
+    for v in views:
+        if v.total_balance != v.expected_supply:
+            return Verdict(name, False, f"{v.node}: balances sum to {v.total_balance}, expected {v.expected_supply}")
+        if v.issued != v.expected_issued:
+            return Verdict(name, False, f"{v.node}: issued {v.issued}, expected {v.expected_issued} at height {v.height}")
+    return Verdict(name, True, f"{len(views)} nodes conserve supply")
+
+
+def check_no_double_apply(views: list[ChainView]) -> Verdict:
+    name = "no transaction applied twice"
+    for v in views:
+        seen: set[bytes] = set()
+        nonces: set[tuple[bytes, int]] = set()
+        for h, (txids, sn) in enumerate(zip(v.txids, v.senders_nonces)):
+            for txid, key in zip(txids, sn):
+                if txid in seen or key in nonces:
+                    return Verdict(name, False, f"{v.node}: transaction {txid.hex()[:16]} (or its nonce) applied again at height {h}")
+                seen.add(txid)
+                nonces.add(key)
+    return Verdict(name, True, f"{len(views)} chains checked")
+
+
+def check_no_included_lost(views: list[ChainView], deep_included: dict[bytes, str]) -> Verdict:
+    """Every transaction once seen k deep on some node is in every node's final chain."""
+    name = "no included transaction lost"
+    for v in views:
+        present = {txid for txids in v.txids for txid in txids}
+        missing = sorted(txid for txid in deep_included if txid not in present)
+        if missing:
+            return Verdict(name, False, f"{v.node} lacks {len(missing)} transaction(s) once deep on "
+                           f"{deep_included[missing[0]]}, e.g. {missing[0].hex()[:16]}")
+    return Verdict(name, True, f"{len(deep_included)} deep transactions present on {len(views)} nodes")
+
+
+def check_heads_agree(views: list[ChainView]) -> Verdict:
+    name = "all heads agree after the quiet period"
+    heads = {v.hashes[-1] for v in views}
+    if len(heads) == 1:
+        return Verdict(name, True, f"{len(views)} nodes at height {views[0].height}")
+    detail = ", ".join(f"{v.node}@{v.height}:{v.hashes[-1].hex()[:8]}" for v in views)
+    return Verdict(name, False, detail)

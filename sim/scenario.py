@@ -1,0 +1,359 @@
+"""A simulation run: a cluster, a transaction load, faults drawn from the seed, a verdict.
+
+The run has three phases: faults are injected during the first part, everything is
+healed at `heal_at`, then a quiet period lets the network converge before the final
+checks. Every random draw comes from generators seeded by the run seed.
+"""
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from consensus.presets import account_key, make_genesis
+from sim.cluster import Cluster
+from sim.invariants import (
+    ChainView,
+    Verdict,
+    check_common_prefix,
+    check_heads_agree,
+    check_identical_at_equal_heights,
+    check_no_double_apply,
+    check_no_included_lost,
+    check_supply,
+    view_of_core,
+)
+from sim.network import LinkFaults
+
+FAULT_TYPES = ("partition", "delay", "loss", "duplicate", "crash")
+DEEP_K = 6  # a transaction this deep is "included" for the lost-transaction check (Bitcoin's 6)
+PREFIX_K = 6  # common prefix below the last k blocks, after the quiet period
+
+
+@dataclass
+class SimConfig:
+    consensus: str = "pow"
+    nodes: int = 4
+    seed: int = 1
+    duration_s: float = 60.0
+    faults: tuple[str, ...] = ()
+    tx_rate: float = 2.0  # transactions per simulated second, Poisson
+    accounts: int = 16
+    block_interval_ms: int = 1_000
+    quiet_fraction: float = 0.35  # the last part of the run has no faults
+    quiet_min_s: float = 20.0
+    hashrates: list[float] | None = None  # per node; equal shares by default
+    check_every_event: bool = True
+
+    def replay_command(self) -> str:
+        faults = f" --faults {','.join(self.faults)}" if self.faults else ""
+        return (f"chainlab sim --consensus {self.consensus} --nodes {self.nodes} --seed {self.seed} "
+                f"--duration {self.duration_s:g}{faults}")
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    simulated_s: float
+    wall_s: float
+    events: int
+    nodes: list[dict]
+    heads_agree: bool
+    reorgs: int
+    deepest_reorg: int
+    tx_sent: int
+    tx_acknowledged: int
+    tx_included: int
+    digest: str
+    verdicts: list[Verdict]
+    faults_injected: dict[str, int]
+    fault_log: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.config.seed,
+            "consensus": self.config.consensus,
+            "nodes": self.nodes,
+            "simulated_seconds": round(self.simulated_s, 3),
+            "wall_seconds": round(self.wall_s, 3),
+            "speed": round(self.simulated_s / self.wall_s, 1) if self.wall_s > 0 else None,
+            "events": self.events,
+            "heads_agree": self.heads_agree,
+            "reorgs": self.reorgs,
+            "deepest_reorg": self.deepest_reorg,
+            "transactions": {"sent": self.tx_sent, "acknowledged": self.tx_acknowledged, "included": self.tx_included},
+            "faults_injected": self.faults_injected,
+            "fault_log": self.fault_log,
+            "digest": self.digest,
+            "invariants": [{"name": v.name, "ok": v.ok, "detail": v.detail} for v in self.verdicts],
+            "ok": self.ok,
+            "replay": self.config.replay_command(),
+        }
+
+
+class Load:
+    """Transfers from prefunded accounts, each account sent through one home node.
+
+    A client that sends an account's transactions through one node and takes the next
+    nonce from that node's view never double-spends by itself, so every lost
+    transaction the checks find is the network's fault, not the client's.
+    """
+
+    def __init__(self, cluster: Cluster, config: SimConfig, seed_text: str, rng: random.Random):
+        self.cluster = cluster
+        self.config = config
+        self.rng = rng
+        self.keys = [account_key(seed_text, i) for i in range(config.accounts)]
+        self.sent = 0
+        self.acknowledged: dict[bytes, int] = {}  # txid -> request id
+        self.rejections = 0
+
+    def send_one(self, cluster: Cluster) -> None:
+        from consensus.types import TX_TRANSFER, Transaction
+
+        i = self.rng.randrange(len(self.keys))
+        key = self.keys[i]
+        home = i % len(cluster.nodes)
+        node = cluster.nodes[home]
+        if not node.up or node.core is None:
+            return
+        core = node.core
+        nonce = core.tree.head_state().get(key.address).nonce + len(core.mempool.by_sender.get(key.address, {}))
+        recipient = self.keys[(i + 1 + self.rng.randrange(len(self.keys) - 1)) % len(self.keys)].address
+        tx = Transaction(TX_TRANSFER, cluster.genesis.chain_id, key.public_key, recipient,
+                         self.rng.randrange(1, 1_000), self.rng.randrange(1, 50), nonce, b"")
+        tx = tx._replace(signature=key.sign(tx.signing_bytes()))
+        request_id = cluster.rpc(home, "tx_send", [tx.encode().hex()])
+        self.sent += 1
+        reply = cluster.replies.pop(request_id, None)
+        if reply is not None and reply.error is None:
+            self.acknowledged[tx.txid] = request_id
+        else:
+            self.rejections += 1
+
+    def schedule(self, start_ms: int, end_ms: int) -> None:
+        if self.config.tx_rate <= 0:
+            return
+        t = start_ms
+        while True:
+            t += self.rng.expovariate(self.config.tx_rate / 1000)
+            if t >= end_ms:
+                break
+            self.cluster.at(t, self.send_one)
+
+
+class FaultPlan:
+    """Faults drawn from the seed: at least one of each requested type, all healed by `heal_at`."""
+
+    def __init__(self, cluster: Cluster, config: SimConfig, rng: random.Random, start_ms: int, heal_ms: int):
+        self.cluster = cluster
+        self.rng = rng
+        self.start_ms = start_ms
+        self.heal_ms = heal_ms
+        self.injected = {name: 0 for name in config.faults}
+        self.log: list[str] = []
+        for name in config.faults:
+            if name not in FAULT_TYPES:
+                raise ValueError(f"unknown fault {name!r}; choose from {', '.join(FAULT_TYPES)}")
+            count = 1 + rng.randrange(2)
+            for _ in range(count):
+                self._plan(name)
+        cluster.at(heal_ms, self._heal_all)
+
+    def _window(self, min_s: float, max_s: float) -> tuple[float, float]:
+        span = self.heal_ms - self.start_ms
+        length = min(span * 0.6, 1000 * (min_s + self.rng.random() * (max_s - min_s)))
+        begin = self.start_ms + self.rng.random() * max(1.0, span - length)
+        return begin, min(self.heal_ms, begin + length)
+
+    def _note(self, at: float, text: str) -> None:
+        self.log.append(f"{at / 1000 - self.cluster.genesis.timestamp_ms / 1000:.1f}s {text}")
+
+    def _plan(self, name: str) -> None:
+        n = len(self.cluster.nodes)
+        begin, end = self._window(5, 20)
+        if name == "partition":
+            kind = self.rng.choice(["split", "asymmetric", "isolate"])
+            nodes = list(range(n))
+            self.rng.shuffle(nodes)
+            cut = max(1, n // 2 - self.rng.randrange(max(1, n // 3)))
+            if kind == "isolate":
+                cut = 1
+            side_a, side_b = sorted(nodes[:cut]), sorted(nodes[cut:])
+
+            def start(c: Cluster, kind=kind, side_a=side_a, side_b=side_b) -> None:
+                if kind == "asymmetric":
+                    c.network.block_one_way(side_a, side_b)
+                else:
+                    c.network.partition([side_a, side_b])
+                self.injected["partition"] += 1
+                self._note(c.now_ms, f"partition {kind} {side_a} | {side_b}")
+
+            self.cluster.at(begin, start)
+            self.cluster.at(end, lambda c: (c.network.heal_partitions(), self._note(c.now_ms, "partition healed")))
+        elif name in ("delay", "loss", "duplicate"):
+            links = [(a, b) for a in range(n) for b in range(n) if a != b]
+            chosen = self.rng.sample(links, max(1, len(links) // 2))
+            faults = LinkFaults(
+                loss=0.05 + 0.25 * self.rng.random() if name == "loss" else 0.0,
+                duplicate=0.1 + 0.3 * self.rng.random() if name == "duplicate" else 0.0,
+                extra_delay_ms=100 + 900 * self.rng.random() if name == "delay" else 0.0,
+                jitter_ms=200.0 if name == "delay" else None,
+            )
+
+            def start(c: Cluster, name=name, chosen=chosen, faults=faults) -> None:
+                for link in chosen:
+                    c.network.faults[link] = faults
+                self.injected[name] += 1
+                self._note(c.now_ms, f"{name} on {len(chosen)} links {faults}")
+
+            def stop(c: Cluster, chosen=chosen, faults=faults) -> None:
+                for link in chosen:
+                    if c.network.faults.get(link) is faults:
+                        del c.network.faults[link]
+
+            self.cluster.at(begin, start)
+            self.cluster.at(end, stop)
+        elif name == "crash":
+            victim = self.rng.randrange(n)
+
+            def crash(c: Cluster, victim=victim) -> None:
+                if c.nodes[victim].up:
+                    c.crash(victim)
+                    self.injected["crash"] += 1
+                    self._note(c.now_ms, f"crash node {victim}")
+
+            def restart(c: Cluster, victim=victim) -> None:
+                if not c.nodes[victim].up:
+                    c.restart(victim)
+                    self._note(c.now_ms, f"restart node {victim}")
+
+            self.cluster.at(begin, crash)
+            self.cluster.at(end, restart)
+
+    def _heal_all(self, c: Cluster) -> None:
+        c.network.heal_partitions()
+        c.network.heal_faults()
+        for node in c.nodes:
+            if not node.up:
+                c.restart(node.index)
+        self._note(c.now_ms, "all faults healed")
+
+
+class RunChecks:
+    """Checks after every event: supply at each new head, final blocks never change."""
+
+    def __init__(self) -> None:
+        self.heads: dict[int, bytes] = {}
+        self.final: dict[int, tuple[int, bytes]] = {}  # node -> (final height, hash)
+        self.failures: list[str] = []
+
+    def __call__(self, cluster: Cluster) -> None:
+        for node in cluster.nodes:
+            core = node.core
+            if core is None:
+                continue
+            head = core.tree.head
+            if self.heads.get(node.index) == head.hash:
+                continue
+            self.heads[node.index] = head.hash
+            state = core.tree.head_state()
+            if state.total_balance() != state.expected_supply() and len(self.failures) < 10:
+                self.failures.append(f"node {node.index} at height {head.height}: supply {state.total_balance()} != {state.expected_supply()}")
+            previous = self.final.get(node.index)
+            if previous is not None:
+                height, block_hash = previous
+                entry = core.tree.canonical_at(height)
+                if entry is None or entry.hash != block_hash:
+                    self.failures.append(f"node {node.index}: final block at height {height} changed")
+            final = core.tree.canonical[core.tree.final_height]
+            self.final[node.index] = (final.height, final.hash)
+
+
+def run_simulation(config: SimConfig) -> SimResult:
+    wall_start = time.perf_counter()
+    seed_text = f"sim-{config.seed}"
+    genesis = make_genesis(
+        consensus=config.consensus, preset="minimal", seed=seed_text, accounts=config.accounts,
+        overrides={"target_spacing_ms": config.block_interval_ms},
+    )
+    # Equal shares of a total rate that, at the genesis difficulty, gives the target spacing.
+    from consensus.pow.difficulty import compact_to_target, work_of_target
+    from consensus.params import params_from
+    from consensus.pow.params import PowParams
+
+    pow_params = params_from(PowParams, genesis)
+    total_rate = work_of_target(compact_to_target(pow_params.genesis_bits)) * 1000 / pow_params.target_spacing_ms
+    hashrates = config.hashrates or [total_rate / config.nodes] * config.nodes
+    cluster = Cluster(genesis, config.nodes, config.seed, hashrates=hashrates)
+    rng = random.Random(f"{config.seed}/scenario")
+    start = cluster.now_ms
+    end = start + int(config.duration_s * 1000)
+    quiet = max(config.quiet_min_s * 1000, config.duration_s * 1000 * config.quiet_fraction)
+    heal = max(start, end - int(quiet))
+    faults = FaultPlan(cluster, config, rng, start + min(5_000, (heal - start) // 5), heal)
+    load = Load(cluster, config, seed_text, random.Random(f"{config.seed}/load"))
+    # Stop the load a little before the end so the last transactions can be included.
+    load.schedule(start + 1_000, end - min(15_000, int(quiet * 0.6)))
+    checks = RunChecks()
+    if config.check_every_event:
+        cluster.hooks.append(checks)
+    deep: dict[bytes, str] = {}
+
+    def sample_deep(c: Cluster) -> None:
+        for node in c.up_nodes():
+            assert node.core is not None
+            canonical = node.core.tree.canonical
+            for entry in canonical[max(0, len(canonical) - 3 * DEEP_K): max(0, len(canonical) - DEEP_K)]:
+                for tx in entry.block.transactions:
+                    deep.setdefault(tx.txid, f"node {node.index} at height {entry.height}")
+        if c.now_ms + 1_000 <= end:
+            c.at(c.now_ms + 1_000, sample_deep)
+
+    cluster.at(start + 1_000, sample_deep)
+    cluster.run_until(end)
+    wall = time.perf_counter() - wall_start
+
+    views: list[ChainView] = [view_of_core(f"node{n.index}", n.core) for n in cluster.nodes if n.core is not None]
+    verdicts = [
+        check_common_prefix(views, PREFIX_K),
+        check_identical_at_equal_heights(views, PREFIX_K),
+        check_supply(views),
+        check_no_double_apply(views),
+        check_no_included_lost(views, deep),
+        check_heads_agree(views),
+        Verdict("checks after every event (supply, final blocks)", not checks.failures,
+                "; ".join(checks.failures[:3]) or f"{cluster.events_processed} events checked"),
+    ]
+    never = sorted(name for name, count in faults.injected.items() if count == 0)
+    verdicts.append(Verdict("every requested fault injected", not never,
+                            f"never injected: {', '.join(never)}" if never else f"{sum(faults.injected.values())} faults"))
+    included = {t for v in views[:1] for txids in v.txids for t in txids}
+    nodes = []
+    for n in cluster.nodes:
+        core = n.core
+        assert core is not None
+        nodes.append({"node": n.index, "height": core.tree.head.height, "head": core.tree.head.hash.hex(),
+                      "blocks_mined": core.blocks_mined, "reorgs": core.reorgs, "deepest_reorg": core.deepest_reorg,
+                      "peers": sum(1 for p in core.peers.values() if p.ready), "hashes_tried": core.hashes_tried})
+    return SimResult(
+        config=config,
+        simulated_s=(end - start) / 1000,
+        wall_s=wall,
+        events=cluster.events_processed,
+        nodes=nodes,
+        heads_agree=verdicts[5].ok,
+        reorgs=sum(n["reorgs"] for n in nodes),
+        deepest_reorg=max(n["deepest_reorg"] for n in nodes),
+        tx_sent=load.sent,
+        tx_acknowledged=len(load.acknowledged),
+        tx_included=sum(1 for t in load.acknowledged if t in included),
+        digest=cluster.digest.hexdigest(),
+        verdicts=verdicts,
+        faults_injected=faults.injected,
+        fault_log=faults.log,
+    )
