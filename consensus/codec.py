@@ -42,6 +42,8 @@ def decode(data: bytes, *, bytes_max: int = DECODE_BYTES_MAX) -> Any:
             use_list=True,
             strict_map_key=True,
             ext_hook=_reject_ext,
+            # The timestamp ext (-1) bypasses ext_hook; as a float it fails the re-encode check.
+            timestamp=1,
         )  # unpackb bounds every string, array and map by len(data), checked above
     except DecodeError:
         raise

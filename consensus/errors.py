@@ -25,6 +25,10 @@ class InvalidTransaction(ValidationError):
     pass
 
 
+class InvalidTransactionSignature(InvalidSignature, InvalidTransaction):
+    """A transaction whose signature does not verify: both a bad signature and a bad transaction."""
+
+
 class WrongChain(InvalidTransaction):
     pass
 

@@ -14,8 +14,8 @@ from consensus.errors import (
     BadNonce,
     FeeTooLow,
     InsufficientFunds,
-    InvalidSignature,
     InvalidTransaction,
+    InvalidTransactionSignature,
     WrongChain,
 )
 from consensus.params import ChainParams
@@ -79,7 +79,7 @@ def validate_transaction_static(tx: Transaction, chain_id: str, params: ChainPar
     if tx.recipient == tx.sender_address:
         raise InvalidTransaction("sender and recipient are the same account")
     if check_signature and not verify(tx.sender, tx.signature, tx.signing_bytes()):
-        raise InvalidSignature("transaction signature does not verify against the sender's key")
+        raise InvalidTransactionSignature("transaction signature does not verify against the sender's key")
 
 
 def validate_transaction_state(state: State, tx: Transaction) -> None:

@@ -62,7 +62,8 @@ def print_summary(result) -> None:
     print(f"heads agree: {'yes' if j['heads_agree'] else 'NO'}")
     print(f"reorgs: {j['reorgs']} (deepest {j['deepest_reorg']})")
     t = j["transactions"]
-    print(f"transactions: sent {t['sent']}, acknowledged {t['acknowledged']}, included {t['included']}")
+    print(f"transactions: sent {t['sent']}, acknowledged {t['acknowledged']}, included {t['included']}, "
+          f"superseded by a reused nonce {t['superseded']}")
     print(f"digest: {j['digest']}")
     print("invariants:")
     for v in j["invariants"]:

@@ -152,6 +152,7 @@ class Ready:
     now_ms: int
     persist_blocks: list[Block]
     persist_peers: list[str]
+    persist_transactions: list[Transaction]  # acknowledged to a client: durable before the reply
     sends: list[tuple[int, bytes]]
     closes: list[int]
     dials: list[str]
@@ -162,7 +163,7 @@ class Ready:
     wake_at_ms: int
 
     def empty(self) -> bool:
-        return not (self.persist_blocks or self.persist_peers or self.sends or self.closes or self.dials
+        return not (self.persist_blocks or self.persist_peers or self.persist_transactions or self.sends or self.closes or self.dials
                     or self.mining_changed or self.replies or self.logs)
 
 
@@ -233,6 +234,7 @@ class NodeCore:
         now_ms: int,
         *,
         stored_blocks: Iterable[Block] = (),
+        stored_transactions: Iterable[Transaction] = (),
         skip_pow_check_for_simulation: bool = False,
     ):
         config.validate()
@@ -261,6 +263,7 @@ class NodeCore:
         # Effects waiting for `ready`.
         self._persist_blocks: list[Block] = []
         self._persist_peers: list[str] = []
+        self._persist_transactions: list[Transaction] = []
         self._closes: list[int] = []
         self._closing: dict[int, Connection] = {}  # closed by us, Goodbye not yet flushed
         self._dials: list[str] = []
@@ -285,7 +288,7 @@ class NodeCore:
         self._next_status_ms = now_ms
         for address in config.bootstrap:
             self.addresses[address] = AddressInfo(persistent=True)
-        self._restore(stored_blocks)
+        self._restore(stored_blocks, stored_transactions)
 
     # === the three calls ===========================================================
 
@@ -325,6 +328,7 @@ class NodeCore:
             now_ms=self.now_ms,
             persist_blocks=self._persist_blocks,
             persist_peers=self._persist_peers,
+            persist_transactions=self._persist_transactions,
             sends=sends,
             closes=self._closes,
             dials=self._dials,
@@ -334,7 +338,8 @@ class NodeCore:
             logs=self._logs,
             wake_at_ms=self.now_ms + self.config.heartbeat_ms,
         )
-        self._persist_blocks, self._persist_peers, self._closes, self._dials = [], [], [], []
+        self._persist_blocks, self._persist_peers, self._persist_transactions = [], [], []
+        self._closes, self._dials = [], []
         self._replies, self._logs = [], []
         self._mining_changed = False
         return ready
@@ -346,11 +351,13 @@ class NodeCore:
 
     # === restore ========================================================================
 
-    def _restore(self, blocks: Iterable[Block]) -> None:
-        """Rebuild the tree from stored blocks (in the order they were persisted).
+    def _restore(self, blocks: Iterable[Block], transactions: Iterable[Transaction]) -> None:
+        """Rebuild the tree from stored blocks (in the order they were persisted), then the
+        mempool from the transactions acknowledged to clients.
 
-        They passed every rule before they were stored, so signatures are not checked
+        Blocks passed every rule before they were stored, so signatures are not checked
         again; the clock rule is skipped because a restart may come long after.
+        Transactions the chain has since included or made stale are dropped quietly.
         """
         self.tree.check_signatures = False
         restored = 0
@@ -365,8 +372,16 @@ class NodeCore:
                     self._note_reorg(added)
         finally:
             self.tree.check_signatures = True
-        if restored:
-            self._log("restored", blocks=restored, height=self.tree.head.height, head=self.tree.head.hash.hex())
+        pending = 0
+        for tx in transactions:
+            try:
+                self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+                pending += 1
+            except (InvalidTransaction, MempoolRejected):
+                continue
+        if restored or pending:
+            self._log("restored", blocks=restored, transactions=pending, height=self.tree.head.height,
+                      head=self.tree.head.hash.hex())
 
     # === time ===========================================================================
 
@@ -575,6 +590,10 @@ class NodeCore:
         self._log("peer_connected", peer=event.node_id, address=peer.address, outbound=peer.outbound,
                   peer_height=event.head.height)
         peer.conn.send(GetPeers())
+        # Hand a new peer our pending transactions: ones that arrived while we had no
+        # peers (just started, or cut off) would otherwise never leave this node.
+        for tx in self.mempool.select(self.tree.head_state(), self.p2p.mempool_announce_max):
+            peer.conn.send(Gossip(Topic.TRANSACTIONS, tx.encode()))
         self._maybe_sync(peer)
 
     def _dialer_id(self, peer: Peer) -> str:
@@ -909,6 +928,7 @@ class NodeCore:
     def submit_transaction(self, tx: Transaction) -> bytes:
         """Admit a transaction from a client and gossip it. Raises on refusal."""
         txid = self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+        self._persist_transactions.append(tx)  # persisted before the reply goes out
         self._mempool_dirty = True
         self._publish(Topic.TRANSACTIONS, tx.encode())
         return txid

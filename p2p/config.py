@@ -21,6 +21,7 @@ class P2PConfig:
     seen_cache_entries_max: int = 20_000
     seen_ttl_ms: int = 120_000
     gossip_fanout: int = 6  # peers each accepted message is forwarded to
+    mempool_announce_max: int = 256  # pending transactions handed to a newly connected peer
     orphan_blocks_max: int = 256  # blocks held while their ancestors are fetched
     orphan_ttl_ms: int = 60_000
     sync_batch_blocks_max: int = 64  # blocks per ranged request

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from consensus.crypto import KeyPair
 from consensus.genesis import Genesis
 from consensus.pow.difficulty import work_of_target
-from consensus.types import Block
+from consensus.types import Block, Transaction
 from node.core import (
     BytesReceived,
     DialFailed,
@@ -47,10 +47,13 @@ def split_frames(data: bytes) -> list[bytes]:
 
 @dataclass
 class MemoryStore:
-    """What a node persisted: blocks in the order they were written, peer addresses."""
+    """What a node persisted: blocks in the order they were written, peer addresses, and
+    the latest transactions acknowledged to clients (as many as a mempool holds)."""
 
     blocks: list[Block] = field(default_factory=list)
     peers: list[str] = field(default_factory=list)
+    transactions: list[Transaction] = field(default_factory=list)
+    transactions_max: int = 20_000
 
 
 @dataclass
@@ -114,8 +117,9 @@ class Cluster:
         self.nodes: list[SimNode] = []
         for i in range(node_count):
             config = config_for(i, addresses) if config_for else default_config(i, addresses)
-            node = SimNode(i, KeyPair.derive(f"sim-{seed}", "node", i), config, hashrates[i])
-            self.nodes.append(node)
+            self.nodes.append(SimNode(i, KeyPair.derive(f"sim-{seed}", "node", i), config, hashrates[i]))
+        # Boot only once every node exists, so early dials find their targets.
+        for node in self.nodes:
             self._boot(node)
 
     # --- event heap ---------------------------------------------------------------
@@ -188,6 +192,9 @@ class Cluster:
         # 1. persist: durable before anyone can see it.
         node.store.blocks.extend(ready.persist_blocks)
         node.store.peers.extend(ready.persist_peers)
+        if ready.persist_transactions:
+            node.store.transactions.extend(ready.persist_transactions)
+            del node.store.transactions[: -node.store.transactions_max]
         # 2. send.
         for conn_id, data in ready.sends:
             self._send(conn_id, data)
@@ -293,6 +300,7 @@ class Cluster:
             random.Random(f"{self.seed}/node/{node.index}/{node.incarnation}"),
             self.now_ms,
             stored_blocks=list(node.store.blocks),
+            stored_transactions=list(node.store.transactions),
             skip_pow_check_for_simulation=True,
         )
         for address in node.store.peers:

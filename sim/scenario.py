@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.presets import account_key, make_genesis
+from consensus.types import TX_TRANSFER, Transaction
 from sim.cluster import Cluster
 from sim.invariants import (
     ChainView,
@@ -28,6 +29,7 @@ from sim.network import LinkFaults
 FAULT_TYPES = ("partition", "delay", "loss", "duplicate", "crash")
 DEEP_K = 6  # a transaction this deep is "included" for the lost-transaction check (Bitcoin's 6)
 PREFIX_K = 6  # common prefix below the last k blocks, after the quiet period
+DRAIN_MS = 5_000  # mining stops this long before the end so the last blocks can spread
 
 
 @dataclass
@@ -46,7 +48,7 @@ class SimConfig:
     check_every_event: bool = True
 
     def replay_command(self) -> str:
-        faults = f" --faults {','.join(self.faults)}" if self.faults else ""
+        faults = f" --faults {','.join(sorted(self.faults))}" if self.faults else ""
         return (f"chainlab sim --consensus {self.consensus} --nodes {self.nodes} --seed {self.seed} "
                 f"--duration {self.duration_s:g}{faults}")
 
@@ -64,6 +66,7 @@ class SimResult:
     tx_sent: int
     tx_acknowledged: int
     tx_included: int
+    tx_superseded: int  # acknowledged, not included, its nonce used by an included transaction
     digest: str
     verdicts: list[Verdict]
     faults_injected: dict[str, int]
@@ -85,7 +88,8 @@ class SimResult:
             "heads_agree": self.heads_agree,
             "reorgs": self.reorgs,
             "deepest_reorg": self.deepest_reorg,
-            "transactions": {"sent": self.tx_sent, "acknowledged": self.tx_acknowledged, "included": self.tx_included},
+            "transactions": {"sent": self.tx_sent, "acknowledged": self.tx_acknowledged, "included": self.tx_included,
+                             "superseded": self.tx_superseded},
             "faults_injected": self.faults_injected,
             "fault_log": self.fault_log,
             "digest": self.digest,
@@ -109,12 +113,10 @@ class Load:
         self.rng = rng
         self.keys = [account_key(seed_text, i) for i in range(config.accounts)]
         self.sent = 0
-        self.acknowledged: dict[bytes, int] = {}  # txid -> request id
+        self.acknowledged: dict[bytes, Transaction] = {}
         self.rejections = 0
 
     def send_one(self, cluster: Cluster) -> None:
-        from consensus.types import TX_TRANSFER, Transaction
-
         i = self.rng.randrange(len(self.keys))
         key = self.keys[i]
         home = i % len(cluster.nodes)
@@ -131,7 +133,7 @@ class Load:
         self.sent += 1
         reply = cluster.replies.pop(request_id, None)
         if reply is not None and reply.error is None:
-            self.acknowledged[tx.txid] = request_id
+            self.acknowledged[tx.txid] = tx
         else:
             self.rejections += 1
 
@@ -154,9 +156,10 @@ class FaultPlan:
         self.rng = rng
         self.start_ms = start_ms
         self.heal_ms = heal_ms
-        self.injected = {name: 0 for name in config.faults}
+        # Sorted, so the order the faults were named in cannot change the run.
+        self.injected = {name: 0 for name in sorted(config.faults)}
         self.log: list[str] = []
-        for name in config.faults:
+        for name in sorted(config.faults):
             if name not in FAULT_TYPES:
                 raise ValueError(f"unknown fault {name!r}; choose from {', '.join(FAULT_TYPES)}")
             count = 1 + rng.randrange(2)
@@ -315,6 +318,21 @@ def run_simulation(config: SimConfig) -> SimResult:
             c.at(c.now_ms + 1_000, sample_deep)
 
     cluster.at(start + 1_000, sample_deep)
+
+    def drain(c: Cluster) -> None:
+        # Blocks found in the last instant are still in flight at the end, and two
+        # branches of equal work can stand side by side (first seen wins a tie). So all
+        # miners stop, and the node with the heaviest head mines exactly one more block,
+        # fast, which makes its branch strictly heaviest; then "all heads agree" checks
+        # convergence, not propagation delay or a standing tie.
+        up = c.up_nodes()
+        for node in up:
+            c.rpc(node.index, "miner_stop")
+        breaker = max(up, key=lambda n: (n.core.tree.head.score, -n.index))
+        breaker.hashrate = 4 * sum(n.hashrate for n in c.nodes)
+        c.rpc(breaker.index, "miner_generate", [1])
+
+    cluster.at(end - DRAIN_MS, drain)
     cluster.run_until(end)
     wall = time.perf_counter() - wall_start
 
@@ -333,6 +351,11 @@ def run_simulation(config: SimConfig) -> SimResult:
     verdicts.append(Verdict("every requested fault injected", not never,
                             f"never injected: {', '.join(never)}" if never else f"{sum(faults.injected.values())} faults"))
     included = {t for v in views[:1] for txids in v.txids for t in txids}
+    used_nonces = {key for v in views[:1] for keys in v.senders_nonces for key in keys}
+    # A client that reads the next nonce from a node that is behind (just restarted, or cut
+    # off) can reuse a nonce; the chain then includes one of the two. Count those apart.
+    superseded = sum(1 for txid, tx in load.acknowledged.items()
+                     if txid not in included and (tx.sender_address, tx.nonce) in used_nonces)
     nodes = []
     for n in cluster.nodes:
         core = n.core
@@ -352,6 +375,7 @@ def run_simulation(config: SimConfig) -> SimResult:
         tx_sent=load.sent,
         tx_acknowledged=len(load.acknowledged),
         tx_included=sum(1 for t in load.acknowledged if t in included),
+        tx_superseded=superseded,
         digest=cluster.digest.hexdigest(),
         verdicts=verdicts,
         faults_injected=faults.injected,

@@ -311,11 +311,6 @@ def test_timestamp_ext_inside_a_typed_object_is_refused():
         decode_header(header_with(3, ts))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: codec.decode accepts msgpack ext type -1 (timestamp): msgpack.unpackb decodes it "
-    "to msgpack.Timestamp without calling ext_hook, and packb re-encodes it byte for byte, "
-    "so the canonical check passes. DESIGN.md section 4 says 'no ext types'."
-))
 def test_codec_decode_refuses_the_timestamp_ext_type():
     for ts in (msgpack.Timestamp(1, 0), msgpack.Timestamp(2**32, 5), msgpack.Timestamp(2**40, 5)):
         data = msgpack.packb([1, ts])

@@ -238,12 +238,6 @@ def test_signatures_are_checked_in_blocks_unless_switched_off():
     assert after.get(BOB.address).balance == 500 + 900
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: InvalidSignature subclasses ValidationError, not InvalidTransaction "
-    "(consensus/errors.py:20), although validate_transaction_static promises 'a named "
-    "InvalidTransaction'; every `except InvalidTransaction` (chain.validate_block, the "
-    "mempool, tx_send) lets a forged transaction's error escape unwrapped."
-))
 def test_a_bad_signature_is_an_invalid_transaction():
     forged = transfer(ALICE, BOB.address, 10, nonce=0, chain_id=CHAIN)._replace(amount=11)
     with pytest.raises(InvalidTransaction):
@@ -341,7 +335,7 @@ def test_random_blocks_conserve_supply_and_match_a_reference(blocks):
         before = state_snapshot(state)
         try:
             state = process_block_body(state, tuple(txs), producer, CHAIN, MINIMAL)
-        except (InvalidTransaction, InvalidSignature):  # see the xfail above: not one family yet
+        except InvalidTransaction:
             assert expected is None, "the state rejected a block the reference accepts"
             event("block rejected")
             assert state_snapshot(state) == before, "a rejected block changed the parent state"

@@ -1,9 +1,11 @@
 """Bitcoin's compact target encoding and retarget arithmetic, bit for bit.
 
 Ports of `arith_uint256::SetCompact` / `GetCompact` and `CalculateNextWorkRequired`
-from Bitcoin Core. Python integers do not wrap, where Bitcoin's 256-bit arithmetic
-overflows when `target * timespan` exceeds 2**256; that only happens for limits
-above 2**254 (regtest, which never retargets), so every reachable result is the same.
+from Bitcoin Core. One deliberate difference: Python integers do not wrap, where
+Bitcoin's 256-bit intermediate `target * actual_timespan` overflows once it passes
+2**256. Bitcoin never gets there (its limit is about 2**224 and timespans are in
+seconds); our easy testnet limits with timespans in milliseconds can, and the exact
+result is the one that makes sense. Every node computes it the same way.
 """
 
 from consensus.errors import InvalidProofOfWork

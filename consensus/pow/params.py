@@ -21,8 +21,7 @@ class PowParams:
         if self.target_spacing_ms < 1 or self.retarget_interval_blocks < 2:
             raise DecodeError("target spacing must be positive and the retarget interval at least 2 blocks")
         limit = compact_to_target(self.limit_bits)
-        # Four times the limit must stay below 2**256, or Bitcoin's 256-bit arithmetic
-        # would wrap where ours does not (see difficulty.py).
+        # Four times the limit still fits 256 bits, so work and targets stay in range.
         if not 0 < limit < 2**254:
             raise DecodeError("limit_bits must encode a target in 1 .. 2**254")
         if not 0 < compact_to_target(self.genesis_bits) <= limit:
