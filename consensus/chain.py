@@ -22,6 +22,7 @@ from consensus.genesis import Genesis
 from consensus.params import MEDIAN_TIME_BLOCKS, ChainParams, params_from
 from consensus.state import (
     State,
+    VerifiedSignatures,
     process_block_body,
     process_transaction,
     state_from_allocations,
@@ -97,6 +98,7 @@ class BlockTree:
         self.params: ChainParams = params_from(ChainParams, genesis)
         self.chain_id = genesis.chain_id
         self.check_signatures = check_signatures
+        self.verified = VerifiedSignatures()  # shared with the mempool: verify each signature once
         block, state = make_genesis_block(genesis, engine)
         self._seq = 0
         root = Entry(block, block.hash, engine.block_score(block.header), 0, state, None)
@@ -200,7 +202,7 @@ class BlockTree:
         try:
             state = process_block_body(
                 parent.state, block.transactions, header.producer, self.chain_id, self.params,
-                check_signatures=self.check_signatures,
+                check_signatures=self.check_signatures, verified=self.verified,
             )
         except InvalidTransaction as exc:
             raise InvalidBlock(f"block at height {header.height} has an invalid transaction: {exc}") from exc

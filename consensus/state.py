@@ -64,7 +64,36 @@ def state_from_allocations(allocations: tuple[tuple[bytes, int], ...]) -> State:
     return State(accounts, genesis_supply=sum(b for _, b in allocations))
 
 
-def validate_transaction_static(tx: Transaction, chain_id: str, params: ChainParams, *, check_signature: bool = True) -> None:
+class VerifiedSignatures:
+    """Ids of transactions whose signature verified, bounded, oldest forgotten first.
+
+    A txid hashes the whole signed transaction (key, message and signature), so a hit
+    proves the same check passed before. Each transaction is otherwise verified twice
+    per node, in the mempool and again in the block (Bitcoin keeps such a cache too).
+    """
+
+    def __init__(self, entries_max: int = 100_000):
+        assert entries_max >= 1
+        self.entries_max = entries_max
+        self._ids: dict[bytes, None] = {}
+
+    def __contains__(self, txid: bytes) -> bool:
+        return txid in self._ids
+
+    def add(self, txid: bytes) -> None:
+        self._ids[txid] = None
+        if len(self._ids) > self.entries_max:
+            del self._ids[next(iter(self._ids))]
+
+
+def validate_transaction_static(
+    tx: Transaction,
+    chain_id: str,
+    params: ChainParams,
+    *,
+    check_signature: bool = True,
+    verified: VerifiedSignatures | None = None,
+) -> None:
     """Checks that need no state. Raises a named InvalidTransaction."""
     # Only transfers exist under this rule set; staking kinds belong to engines that add them.
     if tx.kind != TX_TRANSFER:
@@ -78,8 +107,14 @@ def validate_transaction_static(tx: Transaction, chain_id: str, params: ChainPar
     # Sending to yourself would only churn the nonce; refuse it as a likely mistake.
     if tx.recipient == tx.sender_address:
         raise InvalidTransaction("sender and recipient are the same account")
-    if check_signature and not verify(tx.sender, tx.signature, tx.signing_bytes()):
-        raise InvalidTransactionSignature("transaction signature does not verify against the sender's key")
+    if check_signature:
+        txid = tx.txid if verified is not None else b""
+        if verified is not None and txid in verified:
+            return
+        if not verify(tx.sender, tx.signature, tx.signing_bytes()):
+            raise InvalidTransactionSignature("transaction signature does not verify against the sender's key")
+        if verified is not None:
+            verified.add(txid)
 
 
 def validate_transaction_state(state: State, tx: Transaction) -> None:
@@ -123,12 +158,13 @@ def process_block_body(
     params: ChainParams,
     *,
     check_signatures: bool = True,
+    verified: VerifiedSignatures | None = None,
 ) -> State:
     """The state after a block's transactions and its reward; the parent is untouched."""
     state = parent_state.copy()
     producer_income = params.block_reward
     for tx in transactions:
-        validate_transaction_static(tx, chain_id, params, check_signature=check_signatures)
+        validate_transaction_static(tx, chain_id, params, check_signature=check_signatures, verified=verified)
         producer_income += process_transaction(state, tx, params)
     acct = state.get(producer)
     if acct.balance + producer_income > codec.U64_MAX:

@@ -375,7 +375,8 @@ class NodeCore:
         pending = 0
         for tx in transactions:
             try:
-                self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+                self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params,
+                             verified=self.tree.verified)
                 pending += 1
             except (InvalidTransaction, MempoolRejected):
                 continue
@@ -673,7 +674,8 @@ class NodeCore:
             self._penalise(peer, Offence.MALFORMED_MESSAGE, f"malformed transaction: {exc}")
             return Verdict.REJECT
         try:
-            self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+            self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params,
+                             verified=self.tree.verified)
         except (InvalidSignature, WrongChain) as exc:
             self._penalise(peer, Offence.INVALID_SIGNATURE, f"invalid transaction: {exc}")
             return Verdict.REJECT
@@ -927,7 +929,8 @@ class NodeCore:
 
     def submit_transaction(self, tx: Transaction) -> bytes:
         """Admit a transaction from a client and gossip it. Raises on refusal."""
-        txid = self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
+        txid = self.mempool.add(tx, self.tree.head_state(), self.genesis.chain_id, self.tree.params,
+                             verified=self.tree.verified)
         self._persist_transactions.append(tx)  # persisted before the reply goes out
         self._mempool_dirty = True
         self._publish(Topic.TRANSACTIONS, tx.encode())

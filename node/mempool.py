@@ -11,7 +11,7 @@ import heapq
 from consensus.chain import Added
 from consensus.errors import ChainlabError, InvalidTransaction
 from consensus.params import ChainParams
-from consensus.state import State, validate_transaction_static
+from consensus.state import State, VerifiedSignatures, validate_transaction_static
 from consensus.types import Transaction
 
 
@@ -59,19 +59,21 @@ class Mempool:
     def __contains__(self, txid: bytes) -> bool:
         return txid in self.by_id
 
-    def add(self, tx: Transaction, state: State, chain_id: str, params: ChainParams, *, check_signature: bool = True) -> bytes:
+    def add(self, tx: Transaction, state: State, chain_id: str, params: ChainParams, *, check_signature: bool = True,
+            verified: VerifiedSignatures | None = None) -> bytes:
         """Admit a transaction; returns its id. Raises InvalidTransaction or MempoolRejected."""
         try:
-            return self._add(tx, state, chain_id, params, check_signature)
+            return self._add(tx, state, chain_id, params, check_signature, verified)
         except (InvalidTransaction, MempoolRejected):
             self.rejected += 1
             raise
 
-    def _add(self, tx: Transaction, state: State, chain_id: str, params: ChainParams, check_signature: bool) -> bytes:
+    def _add(self, tx: Transaction, state: State, chain_id: str, params: ChainParams, check_signature: bool,
+             verified: VerifiedSignatures | None = None) -> bytes:
         txid = tx.txid
         if txid in self.by_id:
             raise AlreadyKnown(f"transaction {txid.hex()[:16]} is already pending")
-        validate_transaction_static(tx, chain_id, params, check_signature=check_signature)
+        validate_transaction_static(tx, chain_id, params, check_signature=check_signature, verified=verified)
         sender = tx.sender_address
         account = state.get(sender)
         # A nonce already used on chain can never be included.
@@ -87,8 +89,9 @@ class Mempool:
         # Replacing a pending transaction needs a strictly higher fee.
         if replaced is not None and tx.fee <= replaced.fee:
             raise ReplacementUnderpriced(f"a transaction with nonce {tx.nonce} is pending with fee {replaced.fee}; pay more to replace it")
-        # The sender can pay for everything it has queued up to and including this one.
-        committed = sum(t.amount + t.fee for n, t in queue.items() if n < tx.nonce)
+        # The sender can pay for everything it has queued, this one included (any order of
+        # arrival: counting only lower nonces would let descending nonces overcommit).
+        committed = sum(t.amount + t.fee for n, t in queue.items() if n != tx.nonce)
         if account.balance < committed + tx.amount + tx.fee:
             raise CannotAfford(
                 f"balance {account.balance} cannot pay {tx.amount + tx.fee} after {committed} already pending from this sender"

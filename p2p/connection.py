@@ -131,8 +131,11 @@ class Connection:
         if self.state is State.CLOSED:
             return []
         events: list[Event] = []
+        self._decoder.push(data)
         try:
-            for body in self._decoder.feed(data):
+            # One frame at a time: a bad frame later in the same read must not swallow
+            # the good ones (a Goodbye, say) before it.
+            while (body := self._decoder.next_frame()) is not None:
                 self.frames_received += 1
                 msg = decode_message(body)
                 event = self._on_message(msg)

@@ -24,25 +24,35 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
+    def push(self, data: bytes) -> None:
+        """Add received bytes; take frames out with `next_frame`."""
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame body, or None. Raises only on reaching a bad length,
+        so frames before it are delivered whatever way the bytes were split."""
+        if self._expected is None:
+            if len(self._buffer) < LENGTH_BYTES:
+                return None
+            length = int.from_bytes(self._buffer[:LENGTH_BYTES], "big")
+            if length > self.frame_bytes_max:
+                raise FrameTooLarge(f"frame of {length} bytes is over the limit of {self.frame_bytes_max}")
+            if length == 0:
+                raise MalformedFrame("empty frame")
+            del self._buffer[:LENGTH_BYTES]
+            self._expected = length
+        if len(self._buffer) < self._expected:
+            return None
+        frame = bytes(self._buffer[: self._expected])
+        del self._buffer[: self._expected]
+        self._expected = None
+        return frame
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return every complete frame body. Raises on an oversized length."""
-        self._buffer += data
+        self.push(data)
         frames: list[bytes] = []
-        while True:
-            if self._expected is None:
-                if len(self._buffer) < LENGTH_BYTES:
-                    break
-                length = int.from_bytes(self._buffer[:LENGTH_BYTES], "big")
-                if length > self.frame_bytes_max:
-                    raise FrameTooLarge(f"frame of {length} bytes is over the limit of {self.frame_bytes_max}")
-                if length == 0:
-                    raise MalformedFrame("empty frame")
-                del self._buffer[:LENGTH_BYTES]
-                self._expected = length
-            if len(self._buffer) < self._expected:
-                break
-            frames.append(bytes(self._buffer[: self._expected]))
-            del self._buffer[: self._expected]
-            self._expected = None
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
         assert len(self._buffer) <= max(self.frame_bytes_max, LENGTH_BYTES)
         return frames

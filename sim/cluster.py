@@ -112,6 +112,7 @@ class Cluster:
         self.logs: list[tuple[int, int, dict]] = []
         self.keep_logs = False
         self.hooks: list[Callable[["Cluster"], None]] = []  # run after every event (invariant checks)
+        self.last_stepped: int | None = None  # the node the last event went to
         addresses = [f"sim:{i}" for i in range(node_count)]
         hashrates = hashrates or [1.0] * node_count
         self.nodes: list[SimNode] = []
@@ -180,6 +181,7 @@ class Cluster:
 
     def _step(self, node: SimNode, event: Any) -> None:
         assert node.core is not None and node.up
+        self.last_stepped = node.index
         self.digest.update(f"{self.now_ms}|{node.index}|{type(event).__name__}|".encode())
         if isinstance(event, BytesReceived):
             self.digest.update(event.data)

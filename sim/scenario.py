@@ -256,7 +256,10 @@ class RunChecks:
         self.failures: list[str] = []
 
     def __call__(self, cluster: Cluster) -> None:
-        for node in cluster.nodes:
+        # Only the node the event went to can have changed.
+        if cluster.last_stepped is None:
+            return
+        for node in (cluster.nodes[cluster.last_stepped],):
             core = node.core
             if core is None:
                 continue

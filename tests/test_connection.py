@@ -341,11 +341,6 @@ def test_good_frames_before_bad_ones_in_separate_reads_are_delivered():
     assert_closed_with(conn, conn.receive_data(b"\x00\x00\x00\x00"), Reason.PROTOCOL_ERROR)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: FrameDecoder.feed (p2p/framing.py:36-41) raises for a bad length after it has already "
-    "cut complete frames from the same read, and those frames are lost, so Connection.receive_data "
-    "(p2p/connection.py:135) reports different events for the same bytes depending on how TCP split them"
-))
 def test_events_do_not_depend_on_how_the_bytes_were_split():
     data = frame(Ping(9)) + oversized_length()
     split = ready_conn()
@@ -472,11 +467,6 @@ def test_input_after_a_peer_goodbye_in_the_same_read_is_ignored():
     assert conn.data_to_send() == b""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: same root cause as test_events_do_not_depend_on_how_the_bytes_were_split: the peer's "
-    "Goodbye is cut from the read, then FrameDecoder.feed raises on the bad length that follows "
-    "and the Goodbye is dropped, so a polite close is reported as our FRAME_TOO_LARGE (and NodeCore bans the peer)"
-))
 def test_a_goodbye_followed_by_garbage_in_the_same_read_is_still_the_peers_goodbye():
     conn = ready_conn()
     events = conn.receive_data(frame(Goodbye(8, "bye")) + b"\xff\xff\xff\xff")

@@ -148,12 +148,6 @@ def test_an_account_with_nothing_cannot_afford_anything():
         add(mp, unsigned._replace(signature=stranger.sign(unsigned.signing_bytes())))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: node/mempool.py:91 counts only pending transactions with LOWER nonces as committed, so a "
-    "sender that submits in descending nonce order queues many transactions that each spend its whole "
-    "balance (free spam: only one can ever be paid). Fix: committed = sum over the sender's queue of "
-    "every transaction except the one being replaced (n != tx.nonce), as geth's txpool does"
-))
 def test_pending_transactions_with_higher_nonces_count_against_the_balance_too():
     mp = pool()
     state = with_account(STATE, 0, 1_000, nonce=0)
@@ -162,11 +156,6 @@ def test_pending_transactions_with_higher_nonces_count_against_the_balance_too()
         add(mp, tx(0, 0, amount=990, fee=10), state)  # the whole balance again
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: node/mempool.py:91 -- a replacement is checked only against lower nonces, so raising the "
-    "amount of nonce 0 leaves nonce 1 pending although the sender can no longer pay for both. "
-    "Same fix: count every other pending transaction of the sender"
-))
 def test_a_replacement_may_not_overcommit_the_queue_behind_it():
     mp = pool()
     state = with_account(STATE, 0, 1_000, nonce=0)
