@@ -311,17 +311,3 @@ class BlockTree:
             nonce=bytes(NONCE_BYTES),
         )
         return Block(header, tuple(chosen))
-
-    def locator(self) -> list[bytes]:
-        """Hashes of canonical blocks, dense near the head, then exponentially sparser."""
-        hashes = []
-        step, height = 1, self.head.height
-        while height > 0:
-            hashes.append(self.canonical[height].hash)
-            if len(hashes) >= 10:
-                step *= 2
-            height -= step
-        hashes.append(self.canonical[0].hash)
-        return hashes
-
-

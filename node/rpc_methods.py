@@ -152,7 +152,8 @@ def _entry_by_hash_or_height(core: NodeCore, value: Any) -> Entry:
 
 def chain_getBlock(core: NodeCore, call: RpcCalled) -> Any:
     which, full = _params(call, ["hash_or_height", "full"], 1)
-    return block_json(core, _entry_by_hash_or_height(core, which), _bool(full, "full", False))
+    full = _bool(full, "full", False)  # parameters are checked before anything is looked up
+    return block_json(core, _entry_by_hash_or_height(core, which), full)
 
 
 def chain_getBlockHash(core: NodeCore, call: RpcCalled) -> Any:
