@@ -24,6 +24,7 @@ from consensus.state import (
     State,
     VerifiedSignatures,
     process_block_body,
+    process_producer_income,
     process_transaction,
     state_from_allocations,
     validate_transaction_static,
@@ -287,17 +288,17 @@ class BlockTree:
         assert parent.state is not None
         state = parent.state.copy()
         chosen: list[Transaction] = []
+        income = self.params.block_reward
         for tx in candidates:
             if len(chosen) >= transactions_max:
                 break
             try:
                 validate_transaction_static(tx, self.chain_id, self.params, check_signature=False)
-                process_transaction(state, tx, self.params)
+                income += process_transaction(state, tx, self.params)
             except InvalidTransaction:
-                continue
+                continue  # process_transaction validates before it changes anything
             chosen.append(tx)
-        # Reuse the one state transition rather than crediting the reward by hand here.
-        state = process_block_body(parent.state, tuple(chosen), producer, self.chain_id, self.params, check_signatures=False)
+        process_producer_income(state, producer, income, self.params)
         timestamp = max(now_ms, self.median_time_past(parent) + 1)
         header = BlockHeader(
             version=BLOCK_VERSION,

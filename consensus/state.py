@@ -166,9 +166,14 @@ def process_block_body(
     for tx in transactions:
         validate_transaction_static(tx, chain_id, params, check_signature=check_signatures, verified=verified)
         producer_income += process_transaction(state, tx, params)
-    acct = state.get(producer)
-    if acct.balance + producer_income > codec.U64_MAX:
-        raise InvalidTransaction("producer balance would overflow 64 bits")
-    state.accounts[producer] = Account(acct.balance + producer_income, acct.nonce)
-    state.issued += params.block_reward
+    process_producer_income(state, producer, producer_income, params)
     return state
+
+
+def process_producer_income(state: State, producer: bytes, income: int, params: ChainParams) -> None:
+    """Credit the block reward and the producer's share of fees, in place."""
+    acct = state.get(producer)
+    if acct.balance + income > codec.U64_MAX:
+        raise InvalidTransaction("producer balance would overflow 64 bits")
+    state.accounts[producer] = Account(acct.balance + income, acct.nonce)
+    state.issued += params.block_reward

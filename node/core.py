@@ -696,13 +696,27 @@ class NodeCore:
     # === blocks ====================================================================================
 
     def _import_block(self, block: Block, peer: Peer | None) -> Verdict:
-        """Validate and add a block (and the orphans waiting for it). The one way in."""
+        """Validate and add a block, then the orphans waiting for it. The one way in."""
+        verdict = self._add_one(block, peer, keep_orphan=True)
+        if verdict is not Verdict.ACCEPT:
+            return verdict
+        # Orphans waiting for this block (and their children) can go in now.
+        waiting = [block.hash]
+        while waiting:
+            for orphan in self.orphans.take_children(waiting.pop()):
+                sender = self.peers.get(self.by_node_id.get(orphan.peer, -1)) if orphan.peer else None
+                if self._add_one(orphan.block, sender, keep_orphan=False) is Verdict.ACCEPT:
+                    waiting.append(orphan.block.hash)
+        return Verdict.ACCEPT
+
+    def _add_one(self, block: Block, peer: Peer | None, *, keep_orphan: bool) -> Verdict:
+        """Add one block to the tree and turn the outcome into a gossip verdict."""
         try:
             added = self.tree.add_block(block, self.now_ms)
         except DuplicateBlock:
             return Verdict.IGNORE
         except UnknownParent:
-            if self.orphans.add(block, peer.node_id if peer else None, self.now_ms) and peer is not None:
+            if keep_orphan and self.orphans.add(block, peer.node_id if peer else None, self.now_ms) and peer is not None:
                 self._request_ancestors(peer, block)
             return Verdict.IGNORE
         except (FutureBlock, ReorgTooDeep) as exc:
@@ -716,28 +730,7 @@ class NodeCore:
                 self._penalise(peer, Offence.INVALID_BLOCK, f"invalid block: {exc}")
             return Verdict.REJECT
         self._on_block_added(added)
-        # Orphans waiting for this block (and their children) can go in now.
-        waiting = [block.hash]
-        while waiting:
-            for orphan in self.orphans.take_children(waiting.pop()):
-                sender = self.peers.get(self.by_node_id.get(orphan.peer, -1)) if orphan.peer else None
-                if self._import_orphan(orphan.block, sender):
-                    waiting.append(orphan.block.hash)
         return Verdict.ACCEPT
-
-    def _import_orphan(self, block: Block, peer: Peer | None) -> bool:
-        try:
-            added = self.tree.add_block(block, self.now_ms)
-        except (DuplicateBlock, FutureBlock, ReorgTooDeep, UnknownParent):
-            return False
-        except ValidationError as exc:
-            self.invalid_blocks_seen += 1
-            self._log("block_rejected", height=block.header.height, hash=block.hash.hex(), reason=str(exc))
-            if peer is not None:
-                self._penalise(peer, Offence.INVALID_BLOCK, f"invalid block: {exc}")
-            return False
-        self._on_block_added(added)
-        return True
 
     def _on_block_added(self, added: Added) -> None:
         self._persist_blocks.append(added.entry.block)
