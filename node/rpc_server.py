@@ -100,11 +100,14 @@ class RpcServer:
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         try:
-            body = json.dumps(self._health())
+            health = self._health()
+            body = json.dumps(health)
         except Exception:
             log.exception("health() failed")
             return web.Response(status=500, text=json.dumps({"ok": False, "error": "health check failed"}), content_type=_JSON)
-        return web.Response(status=200, text=body, content_type=_JSON)
+        # 503 while the node is starting or stopping, so healthchecks wait for it.
+        status = 200 if health.get("status", "ok") == "ok" else 503
+        return web.Response(status=status, text=body, content_type=_JSON)
 
     async def _handle_rpc(self, request: web.Request) -> web.Response:
         too_big = f"request body exceeds rpc_body_bytes_max ({self.rpc_body_bytes_max} bytes)"
