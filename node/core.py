@@ -139,6 +139,7 @@ class MiningWork(NamedTuple):
     prefix: bytes  # the header's canonical bytes before the 8-byte nonce
     target: int
     height: int
+    on_demand: bool = False  # for miner_generate: the shell mines it without the hashrate cap
 
 
 class RpcReply(NamedTuple):
@@ -741,6 +742,9 @@ class NodeCore:
         for tx in readmitted:
             self._forward(Topic.TRANSACTIONS, tx.encode(), exclude=None)
         self._work_dirty = True
+        block = added.entry.block
+        self._log("new_head", height=added.entry.height, hash=added.entry.hash.hex(),
+                  transactions=len(block.transactions), block_timestamp_ms=block.header.timestamp_ms)
         if added.reorg_depth:
             self._log("reorg", depth=added.reorg_depth, old_head=added.reverted[0].hash.hex(),
                       new_head=self.tree.head.hash.hex(), height=self.tree.head.height)
@@ -864,7 +868,8 @@ class NodeCore:
                 self._mining_changed = True
             return
         stale_mempool = self._mempool_dirty and self.now_ms - self._work_made_ms >= self.config.mining_refresh_ms
-        if self.work is not None and not self._work_dirty and not stale_mempool:
+        on_demand = bool(self.generate_pending)
+        if self.work is not None and not self._work_dirty and not stale_mempool and self.work.on_demand == on_demand:
             return
         template = self.tree.build_block(
             self.mempool.select(self.tree.head_state(), self.config.block_transactions_max),
@@ -877,7 +882,7 @@ class NodeCore:
         for old in [w for w in self._templates if w < self._work_seq - 3]:
             del self._templates[old]
         self.work = MiningWork(self._work_seq, header_prefix(template.header), compact_to_target(template.header.bits),
-                               template.header.height)
+                               template.header.height, on_demand)
         self._mining_changed = True
         self._work_dirty = False
         self._mempool_dirty = False

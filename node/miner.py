@@ -57,9 +57,10 @@ class Miner:
         self.work = work
         self._changed.set()
 
-    @property
-    def slice_hashes(self) -> int:
-        return max(1, int(self.hashrate * SLICE_S)) if self.hashrate else UNCAPPED_SLICE_HASHES
+    def cap(self, work: MiningWork) -> int:
+        """Hashes per second allowed for `work`; 0 = none. miner_generate is on demand and,
+        like Bitcoin regtest's generate, runs as fast as the worker can."""
+        return 0 if work.on_demand else self.hashrate
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -77,9 +78,11 @@ class Miner:
         tried = 0  # since `started`, for pacing
         unreported = 0
         last_report = started
+        cap = self.cap(work)
+        slice_hashes = max(1, int(cap * SLICE_S)) if cap else UNCAPPED_SLICE_HASHES
         while self.work is work and nonce <= NONCE_MAX:
             result = await loop.run_in_executor(self.pool, search_prefix, work.prefix, work.target, nonce,
-                                                self.slice_hashes)
+                                                slice_hashes)
             nonce += result.hashes
             tried += result.hashes
             unreported += result.hashes
@@ -91,8 +94,8 @@ class Miner:
             if now - last_report >= REPORT_EVERY_S:
                 await self.report(MinerReport(work.work_id, None, unreported))
                 unreported, last_report = 0, now
-            if self.hashrate:
-                delay = started + tried / self.hashrate - time.monotonic()
+            if cap:
+                delay = started + tried / cap - time.monotonic()
                 if delay > 0 and self.work is work:
                     try:
                         async with asyncio.timeout(delay):

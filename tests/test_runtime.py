@@ -165,3 +165,34 @@ async def test_port_in_use_is_a_startup_error(tmp_path: Path) -> None:
             await asyncio.wait_for(runtime.run(), 10)
     finally:
         blocker.close()
+
+
+# --- the miner's worker process ----------------------------------------------------------
+
+
+async def test_miner_finds_a_nonce_that_meets_the_target_and_counts_hashes() -> None:
+    import hashlib
+
+    from node.core import MinerReport, MiningWork
+    from node.miner import Miner
+
+    reports: asyncio.Queue[MinerReport] = asyncio.Queue()
+    miner = Miner(0, reports.put)
+    task = asyncio.create_task(miner.run())
+    try:
+        prefix, target = b"chainlab-test-prefix", 2**256 // 5000  # about 5000 hashes expected
+        miner.set_work(MiningWork(7, prefix, target, 1))
+        tried = 0
+        while True:
+            report = await asyncio.wait_for(reports.get(), 60)
+            assert report.work_id == 7
+            tried += report.hashes
+            if report.nonce is not None:
+                break
+        digest = hashlib.sha256(prefix + report.nonce.to_bytes(8, "big")).digest()
+        assert int.from_bytes(digest, "big") <= target
+        assert tried == report.nonce + 1  # the search starts at 0 and reports every hash tried
+        assert miner.hashes_total == tried
+    finally:
+        task.cancel()
+        miner.close()
