@@ -1,9 +1,14 @@
 """The `chainlab` command line."""
 
 import argparse
+import asyncio
 import json
+import os
 import sys
+from pathlib import Path
 
+# The simulator's names are small; heavier imports happen inside each command, so
+# `chainlab --help` and `chainlab rpc` start fast.
 from sim.scenario import FAULT_TYPES, SimConfig, run_simulation
 
 
@@ -71,6 +76,123 @@ def print_summary(result) -> None:
     print(f"replay: {j['replay']}")
 
 
+def cmd_genesis(args: argparse.Namespace) -> int:
+    from node.homes import ACCOUNTS_FILE, create_network
+    from node.settings import SettingsError
+
+    out = Path(args.out)
+    hosts = None
+    if args.p2p_host_format:
+        hosts = [args.p2p_host_format.format(i=i) for i in range(args.nodes)]
+    try:
+        genesis = create_network(
+            out, consensus=args.consensus, nodes=args.nodes, accounts=args.accounts, seed=args.seed,
+            preset=args.preset, balance=args.balance, p2p_hosts=hosts, p2p_port_base=args.p2p_port,
+            rpc_port_base=args.rpc_port, same_ports=args.same_ports, mining=not args.no_mining,
+            hashrate=args.hashrate,
+        )
+    except (SettingsError, OSError) as exc:
+        print(f"chainlab genesis: {exc}", file=sys.stderr)
+        return 2
+    print(f"network {genesis.chain_id} ({genesis.consensus}, preset {args.preset}) in {out}")
+    print(f"genesis hash {genesis.hash.hex()}")
+    for i in range(args.nodes):
+        print(f"  node{i}: {out / f'node{i}'}")
+    accounts = json.loads((out / ACCOUNTS_FILE).read_text())
+    print(f"prefunded accounts ({len(accounts)}, listed in {out / ACCOUNTS_FILE}):")
+    for a in accounts[:10]:
+        print(f"  {a['index']}: {a['address']}  balance {a['balance']}  key {a['key_file']}")
+    if len(accounts) > 10:
+        print(f"  ... and {len(accounts) - 10} more")
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from consensus.crypto import address_of
+    from node.logs import configure, node_logger
+    from node.runtime import NodeRuntime, StartupError
+    from node.settings import GENESIS_FILE, KEY_FILE, SettingsError, check_home, load_settings, read_genesis, read_key
+    from p2p.connection import node_id_of
+
+    home = Path(args.home)
+    flags = {name: getattr(args, name) for name in NODE_FLAGS}
+    try:
+        check_home(home)
+        settings = load_settings(home, os.environ, flags)
+        genesis = read_genesis(home / GENESIS_FILE)
+        key = read_key(home / KEY_FILE)
+    except SettingsError as exc:
+        print(f"chainlab node: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_level)
+    log = node_logger(settings.name, node_id_of(key.public_key))
+    log.info("node_starting", home=str(home.resolve()), chain_id=genesis.chain_id, genesis=genesis.hash.hex(),
+             consensus=genesis.consensus, producer=address_of(key.public_key).hex())
+    runtime = NodeRuntime(home, settings, genesis, key, log)
+    try:
+        asyncio.run(runtime.run())
+    except StartupError as exc:
+        log.error("node_failed_to_start", error=str(exc))
+        print(f"chainlab node: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        return 130
+    return 0
+
+
+# Node settings that are also flags (node.settings.Settings; same names as config.toml).
+NODE_FLAGS = ("p2p_host", "p2p_port", "advertise", "bootstrap", "rpc_host", "rpc_port", "mining", "hashrate",
+              "log_level", "name")
+
+
+def _add_node_parser(sub) -> None:
+    node = sub.add_parser(
+        "node",
+        help="run one node from its home folder",
+        description="Run one node in the foreground until SIGTERM or Ctrl-C. Settings come from HOME/config.toml, "
+                    "then CHAINLAB_<KEY> environment variables, then these flags. Logs are JSON lines on stdout.",
+    )
+    node.add_argument("--home", required=True, help="the node's home folder (made by `chainlab genesis`)")
+    node.add_argument("--name", help="name in logs and /health")
+    node.add_argument("--p2p-host", help="address the P2P listener binds (default 127.0.0.1)")
+    node.add_argument("--p2p-port", type=int, help="P2P port (0 picks a free one)")
+    node.add_argument("--advertise", help="host:port other nodes dial to reach this one")
+    node.add_argument("--bootstrap", help="comma-separated host:port peers to dial and keep")
+    node.add_argument("--rpc-host", help="address the JSON-RPC server binds (default 127.0.0.1)")
+    node.add_argument("--rpc-port", type=int, help="JSON-RPC port (0 picks a free one)")
+    node.add_argument("--mining", choices=["true", "false"], help="mine continuously from the start")
+    node.add_argument("--hashrate", type=int, help="hashes per second cap of the miner (0 = no cap)")
+    node.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    node.set_defaults(func=cmd_node)
+
+
+def _add_genesis_parser(sub) -> None:
+    g = sub.add_parser(
+        "genesis",
+        help="write a new network: genesis, prefunded accounts and one home folder per node",
+        description="Write OUT/genesis.json, OUT/accounts.json with OUT/accounts/*.key, and OUT/node<i>/ homes "
+                    "(config.toml, genesis.json, node.key). Keys derive from --seed: the same command gives the "
+                    "same network anywhere, so never use these keys for anything of value.",
+    )
+    g.add_argument("--consensus", choices=["pow"], default="pow", help="consensus engine (default: pow)")
+    g.add_argument("--nodes", type=_positive_int, default=4, help="number of nodes (default: 4)")
+    g.add_argument("--accounts", type=int, default=8, help="prefunded accounts (default: 8)")
+    g.add_argument("--balance", type=int, default=1_000_000_000, help="balance of each account (default: 1e9)")
+    g.add_argument("--seed", default="chainlab", help="seed of every key (default: chainlab)")
+    g.add_argument("--preset", choices=["testnet", "minimal"], default="testnet",
+                   help="parameter preset (default: testnet: 2 s blocks for capped real miners)")
+    g.add_argument("--out", required=True, help="folder to write (must not hold a network yet)")
+    g.add_argument("--p2p-port", type=int, default=30303, help="P2P port of node0; node i uses +i (default 30303)")
+    g.add_argument("--rpc-port", type=int, default=8545, help="RPC port of node0; node i uses +i (default 8545)")
+    g.add_argument("--p2p-host-format", help="how peers reach node i, e.g. 'node{i}' under docker "
+                                             "(default 127.0.0.1)")
+    g.add_argument("--same-ports", action="store_true",
+                   help="every node uses the base ports and binds 0.0.0.0 (one node per container)")
+    g.add_argument("--hashrate", type=int, default=20_000, help="miner cap per node, hashes/s (default 20000)")
+    g.add_argument("--no-mining", action="store_true", help="nodes do not mine until miner_start/miner_generate")
+    g.set_defaults(func=cmd_genesis)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainlab",
@@ -93,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tx-rate", type=float, default=2.0, help="transfers per simulated second (default: 2)")
     sim.add_argument("--json", action="store_true", help="print the summary as JSON")
     sim.set_defaults(func=cmd_sim)
+    _add_genesis_parser(sub)
+    _add_node_parser(sub)
+    from node.cli_tools import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -1,9 +1,6 @@
 #!/usr/bin/env bash
-# Start a local testnet. Arguments go to `chainlab`.
-# Until the real-node issue lands, this runs the simulated testnet: the real node code
-# on a virtual clock (chainlab sim); afterwards it starts real node processes.
+# Start a local 4-node proof-of-work testnet of real node processes on 127.0.0.1, in the
+# foreground (Ctrl-C stops every node). Extra arguments go to `chainlab testnet up`,
+# e.g. `scripts/testnet.sh --detach` or `scripts/testnet.sh --nodes 6 --home /tmp/tn`.
 source "$(dirname "$0")/env.sh"
-if [ "$#" -eq 0 ]; then
-  set -- sim --nodes 4 --seed 1 --duration 60 --faults partition,crash
-fi
-exec chainlab "$@"
+exec chainlab testnet up --nodes 4 "$@"
