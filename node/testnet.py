@@ -676,6 +676,9 @@ async def _monitor(home: Path, procs: dict[str, subprocess.Popen], stop: asyncio
     reported: set[int] = set()
     drawn = 0
     print(f"testnet in {home}: Ctrl-C stops every node", file=err)
+    print(f"prefunded accounts in {home / ACCOUNTS_FILE}, logs in {home}/node<i>/{LOG_FILE}; in another shell try "
+          "`chainlab testnet status` or `chainlab rpc chain_getHead`"
+          + ("" if home == testnet_home(None, {}) else f" (add --home {home})"), file=err)
     try:
         while not stop.is_set():
             try:
