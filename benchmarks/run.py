@@ -16,13 +16,22 @@ import benchlib  # noqa: F401  (puts the repository on sys.path)
 from benchlib import Figure, fmt, print_figures
 
 import bench_codec
+import bench_propagation
+import bench_rpc
 import bench_sim
+import bench_startup
+import bench_tps
 import bench_transfers
 
 BENCHMARKS = [
     ("transfers", bench_transfers),
     ("sim", bench_sim),
     ("codec", bench_codec),
+    # Real node processes on 127.0.0.1 (benchmarks/netlib.py); every process is stopped at the end.
+    ("rpc", bench_rpc),
+    ("startup", bench_startup),
+    ("propagation", bench_propagation),
+    ("tps", bench_tps),
 ]
 
 
