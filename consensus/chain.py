@@ -76,6 +76,17 @@ class Added:
         return len(self.reverted)
 
 
+@dataclass(eq=False, slots=True)
+class Template:
+    """A block being assembled on `parent`: the state after `chosen`, before the
+    producer's income, and that income (reward plus fees) so far."""
+
+    parent: Entry
+    state: State
+    chosen: list[Transaction]
+    income: int
+
+
 def make_genesis_block(genesis: Genesis, engine: Engine) -> tuple[Block, State]:
     state = state_from_allocations(genesis.allocations)
     header = BlockHeader(
@@ -284,31 +295,49 @@ class BlockTree:
 
         Candidates that do not apply in order (stale nonce, spent balance) are skipped.
         """
+        template = self.start_template(parent)
+        self.fill_template(template, candidates, transactions_max)
+        return self.seal_template(template, producer, now_ms)
+
+    def start_template(self, parent: Entry | None = None) -> "Template":
         parent = parent or self.head
         assert parent.state is not None
-        state = parent.state.copy()
-        chosen: list[Transaction] = []
-        income = self.params.block_reward
+        return Template(parent, parent.state.copy(), [], self.params.block_reward)
+
+    def fill_template(self, template: "Template", candidates: Iterable[Transaction],
+                      transactions_max: int = BLOCK_TRANSACTIONS_MAX) -> int:
+        """Append the candidates that apply in order after what the template holds; a
+        producer extends its template as transactions arrive instead of rebuilding it.
+        Returns how many were added."""
+        added = 0
         for tx in candidates:
-            if len(chosen) >= transactions_max:
+            if len(template.chosen) >= transactions_max:
                 break
             try:
                 validate_transaction_static(tx, self.chain_id, self.params, check_signature=False)
-                income += process_transaction(state, tx, self.params)
+                template.income += process_transaction(template.state, tx, self.params)
             except InvalidTransaction:
                 continue  # process_transaction validates before it changes anything
-            chosen.append(tx)
-        process_producer_income(state, producer, income, self.params)
+            template.chosen.append(tx)
+            added += 1
+        return added
+
+    def seal_template(self, template: "Template", producer: bytes, now_ms: int) -> Block:
+        """The block of the template's transactions, with a zero nonce; the template stays
+        open for more transactions."""
+        parent = template.parent
+        state = template.state.copy()
+        process_producer_income(state, producer, template.income, self.params)
         timestamp = max(now_ms, self.median_time_past(parent) + 1)
         header = BlockHeader(
             version=BLOCK_VERSION,
             height=parent.height + 1,
             parent=parent.hash,
             timestamp_ms=timestamp,
-            tx_root=compute_tx_root(chosen),
+            tx_root=compute_tx_root(template.chosen),
             state_root=state.root(),
             producer=producer,
             bits=self.engine.next_bits(parent, self),
             nonce=bytes(NONCE_BYTES),
         )
-        return Block(header, tuple(chosen))
+        return Block(header, tuple(template.chosen))

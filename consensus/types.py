@@ -6,6 +6,7 @@ every field's type and size and goes through `codec.decode`, which rejects any b
 that do not re-encode identically.
 """
 
+import functools
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
@@ -71,11 +72,25 @@ class Transaction(NamedTuple):
     @property
     def txid(self) -> bytes:
         """sha256 of the canonical bytes, signature included."""
-        return sha256(self.encode())
+        return _txid(self)
 
     @property
     def sender_address(self) -> bytes:
-        return address_of(self.sender)
+        return _address(self.sender)
+
+
+# A transaction's id and sender address are asked for a dozen times on its way through
+# a node (mempool, gossip, template, block, indexes); a NamedTuple has no slot to keep
+# them, so they are memoised by value. Hashing a transaction is cheap (bytes objects
+# cache their hash) and equal transactions have equal ids, so a hit is always right.
+@functools.lru_cache(maxsize=1 << 16)
+def _txid(tx: "Transaction") -> bytes:
+    return sha256(_ENCODER.encode(tx))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _address(public_key: bytes) -> bytes:
+    return address_of(public_key)
 
 
 class BlockHeader(NamedTuple):

@@ -15,7 +15,7 @@ randomness: time arrives in inputs, randomness is a seeded `rng` argument.
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple
 
-from consensus.chain import Added, BlockTree
+from consensus.chain import Added, BlockTree, Template
 from consensus.crypto import KeyPair, address_of
 from consensus.engine import make_engine
 from consensus.errors import (
@@ -52,6 +52,7 @@ from p2p.messages import (
     GetBlocksByRange,
     GetPeers,
     Gossip,
+    GossipBatch,
     HeadSummary,
     Peers,
     Ping,
@@ -64,6 +65,12 @@ from p2p.sync import OrphanPool, PendingRequest
 
 # --- configuration -----------------------------------------------------------------
 
+# Gossip queued for one peer in one step goes out in batches this large at most: well
+# inside a frame (4 MiB) and the decoder's list bound (4096), and small enough that a
+# receiver's one step stays short.
+GOSSIP_BATCH_ITEMS_MAX = 1_024
+GOSSIP_BATCH_BYTES_MAX = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class NodeConfig:
@@ -74,7 +81,7 @@ class NodeConfig:
     producer: bytes | None = None  # reward address; the node key's address by default
     mempool_transactions_max: int = 20_000
     mempool_per_sender_max: int = 256  # nonces a sender may queue ahead of the chain
-    block_transactions_max: int = 2_000  # what this node puts in a block it makes
+    block_transactions_max: int = 4_000  # what this node puts in a block it makes (consensus allows 4,096)
     mining_refresh_ms: int = 1_000  # rebuild a template for new transactions at most this often
     heartbeat_ms: int = 250  # the longest the core sleeps without a tick
     generate_blocks_max: int = 1_000  # miner_generate(n): n at most this
@@ -268,6 +275,7 @@ class NodeCore:
         self._closes: list[int] = []
         self._closing: dict[int, Connection] = {}  # closed by us, Goodbye not yet flushed
         self._dials: list[str] = []
+        self._gossip_out: dict[tuple[str, int], list[bytes]] = {}  # (peer node id, topic) -> payloads
         self._replies: list[RpcReply] = []
         self._logs: list[dict] = []
         self._mining_changed = False
@@ -275,6 +283,7 @@ class NodeCore:
         self.mining_enabled = config.mining_enabled
         self.work: MiningWork | None = None
         self._templates: dict[int, Block] = {}
+        self._open_template: Template | None = None  # the block being assembled on the head
         self._work_seq = 0
         self._work_dirty = True
         self._mempool_dirty = False
@@ -315,6 +324,7 @@ class NodeCore:
         self._maybe_refresh_work()
 
     def ready(self) -> Ready:
+        self._flush_gossip()
         sends = []
         for conn_id in sorted(self.peers):
             data = self.peers[conn_id].conn.data_to_send()
@@ -605,6 +615,11 @@ class NodeCore:
     def _on_message(self, peer: Peer, msg: Any) -> None:
         if isinstance(msg, Gossip):
             self._on_gossip(peer, msg)
+        elif isinstance(msg, GossipBatch):
+            for payload in msg.payloads:
+                if peer.conn_id not in self.peers:
+                    break  # a bad payload got the peer disconnected
+                self._on_gossip(peer, Gossip(msg.topic, payload))
         elif isinstance(msg, Status):
             peer.head = msg.head
             self._maybe_sync(peer)
@@ -660,9 +675,33 @@ class NodeCore:
             self._forward(msg.topic, msg.payload, exclude=peer.node_id)
 
     def _forward(self, topic: int, payload: bytes, exclude: str | None) -> None:
-        ready = {p.node_id: p for p in self._ready_peers() if p.node_id is not None}
-        for node_id in self.router.choose_targets(sorted(ready), exclude):
-            ready[node_id].conn.send(Gossip(topic, payload))
+        """Queue a gossip message for up to `fanout` peers; `ready()` sends what is queued
+        for each peer as one Gossip or GossipBatch per topic, in order."""
+        ready = sorted(p.node_id for p in self._ready_peers() if p.node_id is not None)
+        for node_id in self.router.choose_targets(ready, exclude):
+            self._gossip_out.setdefault((node_id, topic), []).append(payload)
+
+    def _flush_gossip(self) -> None:
+        # Per peer, blocks before anything else: they are what propagation time is about.
+        for (node_id, topic), payloads in sorted(self._gossip_out.items(),
+                                                 key=lambda kv: (kv[0][0], kv[0][1] != Topic.BLOCKS, kv[0][1])):
+            conn_id = self.by_node_id.get(node_id)
+            peer = self.peers.get(conn_id) if conn_id is not None else None
+            if peer is None or not peer.ready:
+                continue
+            if len(payloads) == 1:
+                peer.conn.send(Gossip(topic, payloads[0]))
+                continue
+            batch: list[bytes] = []
+            size = 0
+            for payload in payloads:
+                if batch and (len(batch) >= GOSSIP_BATCH_ITEMS_MAX or size + len(payload) > GOSSIP_BATCH_BYTES_MAX):
+                    peer.conn.send(GossipBatch(topic, tuple(batch)))
+                    batch, size = [], 0
+                batch.append(payload)
+                size += len(payload)
+            peer.conn.send(GossipBatch(topic, tuple(batch)) if len(batch) > 1 else Gossip(topic, batch[0]))
+        self._gossip_out.clear()
 
     def _publish(self, topic: int, payload: bytes) -> None:
         self.router.publish(topic, payload, self.now_ms)
@@ -865,18 +904,24 @@ class NodeCore:
             if self.work is not None:
                 self.work = None
                 self._templates.clear()
+                self._open_template = None
                 self._mining_changed = True
             return
         stale_mempool = self._mempool_dirty and self.now_ms - self._work_made_ms >= self.config.mining_refresh_ms
         on_demand = bool(self.generate_pending)
         if self.work is not None and not self._work_dirty and not stale_mempool and self.work.on_demand == on_demand:
             return
-        template = self.tree.build_block(
-            self.mempool.select(self.tree.head_state(), self.config.block_transactions_max),
-            self.producer,
-            self.now_ms,
-            transactions_max=self.config.block_transactions_max,
-        )
+        open_template = self._open_template
+        if self._work_dirty or open_template is None or open_template.parent is not self.tree.head:
+            # A new head (or a refused block): start over on the head.
+            open_template = self._open_template = self.tree.start_template()
+        # Otherwise only the mempool changed: extend the open template with what applies
+        # after it (selecting against its state skips what it already holds).
+        room = self.config.block_transactions_max - len(open_template.chosen)
+        if room > 0:
+            self.tree.fill_template(open_template, self.mempool.select(open_template.state, room),
+                                    self.config.block_transactions_max)
+        template = self.tree.seal_template(open_template, self.producer, self.now_ms)
         self._work_seq += 1
         self._templates[self._work_seq] = template
         for old in [w for w in self._templates if w < self._work_seq - 3]:

@@ -72,6 +72,15 @@ class Gossip(NamedTuple):
     payload: bytes
 
 
+class GossipBatch(NamedTuple):
+    """Several gossip messages of one topic in one frame (as eth's Transactions message
+    carries many): each payload is deduplicated, validated and forwarded on its own;
+    batching only saves a frame, an envelope and a decode per message."""
+
+    topic: int
+    payloads: tuple[bytes, ...]
+
+
 class GetBlocksByRange(NamedTuple):
     request_id: int
     start_height: int
@@ -98,12 +107,12 @@ class Peers(NamedTuple):
 
 Message = (
     Hello | HelloProof | Goodbye | Ping | Pong | Status | Gossip | GetBlocksByRange
-    | GetBlocksByHash | Blocks | GetPeers | Peers
+    | GetBlocksByHash | Blocks | GetPeers | Peers | GossipBatch
 )
 
 TYPE_IDS: dict[type, int] = {
     Hello: 1, HelloProof: 2, Goodbye: 3, Ping: 4, Pong: 5, Status: 6, Gossip: 7,
-    GetBlocksByRange: 8, GetBlocksByHash: 9, Blocks: 10, GetPeers: 11, Peers: 12,
+    GetBlocksByRange: 8, GetBlocksByHash: 9, Blocks: 10, GetPeers: 11, Peers: 12, GossipBatch: 13,
 }
 
 
@@ -163,6 +172,10 @@ _DECODERS = {
     11: lambda f: (_fields(0)(f, "get_peers"), GetPeers())[1],
     12: lambda f: Peers(
         tuple(read_str(a, "address", LISTEN_ADDRESS_CHARS_MAX) for a in read_list(_fields(1)(f, "peers")[0], "addresses", length_max=LIST_ITEMS_MAX))
+    ),
+    13: lambda f: GossipBatch(
+        read_uint(_fields(2)(f, "gossip_batch")[0], "gossip_batch.topic", 255),
+        tuple(read_bytes(p, "gossip_batch.payload") for p in read_list(f[1], "gossip_batch.payloads", length_max=LIST_ITEMS_MAX)),
     ),
 }
 

@@ -591,3 +591,20 @@ def test_random_trees_with_finality_never_revert_a_final_block(steps_list):
             assert tree.ancestor(entry, tree.final_height) is final
         else:
             assert tree.canonical_at(entry.height) is entry
+
+
+def test_a_template_extended_as_transactions_arrive_equals_one_built_at_once():
+    tree = make_tree()
+    txs = [transfer(ALICE, BOB.address, 10 + n, nonce=n) for n in range(4)] + [transfer(CAROL, BOB.address, 5, nonce=0)]
+    at_once = tree.build_block(txs, MINER_A, GENESIS_TIME_MS + 1_000)
+    template = tree.start_template()
+    assert tree.fill_template(template, txs[:2]) == 2
+    first = tree.seal_template(template, MINER_A, GENESIS_TIME_MS + 1_000)
+    # Re-offering what it holds adds nothing (stale nonces); the rest goes on the end.
+    assert tree.fill_template(template, txs) == 3
+    extended = tree.seal_template(template, MINER_A, GENESIS_TIME_MS + 1_000)
+    assert first.transactions == tuple(txs[:2])
+    assert extended == at_once
+    # Both seals are valid blocks once mined; sealing did not spend the template's state.
+    tree.add_block(mine(first), FAR_FUTURE_MS)
+    assert tree.head.state.root() == first.header.state_root

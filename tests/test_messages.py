@@ -33,6 +33,7 @@ from p2p.messages import (
     GetPeers,
     Goodbye,
     Gossip,
+    GossipBatch,
     HeadSummary,
     Hello,
     HelloProof,
@@ -71,6 +72,7 @@ messages = st.one_of(
     st.builds(Pong, U64),
     st.builds(Status, heads),
     st.builds(Gossip, st.integers(min_value=0, max_value=255), st.binary(max_size=300)),
+    st.builds(GossipBatch, st.integers(min_value=0, max_value=255), st.lists(st.binary(max_size=100), max_size=10).map(tuple)),
     st.builds(GetBlocksByRange, U64, U64, U64),
     st.builds(GetBlocksByHash, U64, st.lists(hashes, max_size=20).map(tuple)),
     st.builds(Blocks, U64, st.lists(st.binary(max_size=100), max_size=10).map(tuple)),
@@ -117,16 +119,17 @@ def test_every_message_round_trips(msg):
     assert encode_message(decoded) == body  # one encoding only
 
 
-def test_each_message_type_has_one_type_id_from_1_to_12():
+def test_each_message_type_has_one_type_id_from_1_to_13():
     # One instance of every type the round-trip strategy builds; a new message type
     # fails here until it is added to `messages` above and to this list.
     covered = {type(example) for example in (
         Hello(1, "", b"\0" * 32, b"\0" * 32, "", HeadSummary(0, b"\0" * 32, 0), b"\0" * 32),
         HelloProof(b"\0" * 64), Goodbye(0, ""), Ping(0), Pong(0), Status(HeadSummary(0, b"\0" * 32, 0)),
         Gossip(0, b""), GetBlocksByRange(0, 0, 0), GetBlocksByHash(0, ()), Blocks(0, ()), GetPeers(), Peers(()),
+        GossipBatch(0, ()),
     )}
     assert covered == set(TYPE_IDS)
-    assert sorted(TYPE_IDS.values()) == list(range(1, 13))
+    assert sorted(TYPE_IDS.values()) == list(range(1, 14))
 
 
 def test_the_encoding_is_type_id_then_fields():
@@ -149,7 +152,7 @@ def test_a_score_over_the_byte_limit_is_malformed():
 # --- envelope --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("type_id", [0, 13, 99, 255])
+@pytest.mark.parametrize("type_id", [0, 14, 99, 255])
 def test_an_unknown_type_id_is_malformed(type_id):
     assert "unknown message type" in str(malformed(pack(type_id)))
 
