@@ -4,6 +4,7 @@ Ed25519 comes from `cryptography` (OpenSSL): it checks that signatures are canon
 so a signature cannot be mangled into a second valid one.
 """
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -31,11 +32,24 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when `signature` is a valid Ed25519 signature of `message` by `public_key`."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
+    key = _public_key(public_key)
+    if key is None:
+        return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (_CryptoInvalidSignature, ValueError):
+        key.verify(signature, message)
+    except _CryptoInvalidSignature:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _public_key(public_key: bytes) -> Ed25519PublicKey | None:
+    """The parsed key, kept for the senders and validators seen recently: a busy sender's
+    key is parsed once, not once per transaction."""
+    try:
+        return Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

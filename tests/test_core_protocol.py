@@ -52,6 +52,7 @@ from p2p.messages import (
     GetPeers,
     Goodbye,
     Gossip,
+    GossipBatch,
     HeadSummary,
     Message,
     Peers,
@@ -418,6 +419,33 @@ def test_a_malformed_gossiped_block_gets_the_peer_banned_and_disconnected():
     assert raw.events[-1].reason == int(Reason.MISBEHAVIOUR)
     assert net.nodes[1].scores.is_banned(raw.node_id, net.nodes[1].now_ms)
     assert net.mine(0) == net.head(1)
+
+
+def test_transactions_admitted_in_one_step_go_out_as_one_batch_per_peer():
+    net = line(2)
+    raw = RawPeer(net, 0)
+    transfers = [signed_transfer(1, n) for n in range(5)]
+    for n, tx in enumerate(transfers):  # one driver pass: five calls, then one Ready
+        net.nodes[0].step(RpcCalled(900 + n, "tx_send", [tx.encode().hex()]))
+    net.pump(0)
+    net.run()
+    raw.exchange()
+    gossip = [e.message for e in raw.events if isinstance(getattr(e, "message", None), (Gossip, GossipBatch))]
+    assert gossip == [GossipBatch(Topic.TRANSACTIONS, tuple(tx.encode() for tx in transfers))]
+    assert all(tx.txid in net.nodes[1].mempool for tx in transfers)  # node 1 got them too, and took each one
+
+
+def test_a_batch_is_taken_payload_by_payload_and_a_bad_payload_bans_the_sender():
+    net = line(2)
+    raw = RawPeer(net, 1)
+    good = [signed_transfer(2, n) for n in range(3)]
+    raw.send(GossipBatch(Topic.TRANSACTIONS, tuple(tx.encode() for tx in good)))
+    assert all(tx.txid in net.nodes[1].mempool and tx.txid in net.nodes[0].mempool for tx in good)
+    assert net.nodes[1].router.messages_first == 3
+    raw.send(GossipBatch(Topic.TRANSACTIONS, (good[0].encode(), b"not a transaction", signed_transfer(2, 3).encode())))
+    assert (1, raw.conn_id) in net.closed
+    assert net.nodes[1].scores.is_banned(raw.node_id, net.nodes[1].now_ms)
+    assert signed_transfer(2, 3).txid not in net.nodes[1].mempool  # nothing after the bad payload is taken
 
 
 def test_a_raw_peer_is_answered_like_any_peer():
