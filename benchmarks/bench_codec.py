@@ -19,7 +19,7 @@ from benchlib import Figure, best_interleaved, cli
 import msgpack
 
 from consensus.crypto import KeyPair, sha256
-from consensus.types import TX_TRANSFER, Block, BlockHeader, Transaction, compute_tx_root, decode_block
+from consensus.types import TX_TRANSFER, Block, BlockHeader, Transaction, compute_tx_root, consensus_root_of, decode_block
 
 BENCHMARK = "codec"
 GOAL_RATIO = 0.5
@@ -37,7 +37,7 @@ def build_block(count: int, senders: int = 100) -> Block:
                          rng.randrange(1, 10**9), rng.randrange(1, 1_000), n // senders, b"")
         txs.append(tx._replace(signature=keys[i].sign(tx.signing_bytes())))
     header = BlockHeader(1, 12_345, sha256(b"parent"), 1_700_000_123_456, compute_tx_root(txs),
-                         sha256(b"state"), keys[0].address, 0x1F00FFFF, rng.randbytes(8))
+                         sha256(b"state"), keys[0].address, 0x1F00FFFF, consensus_root_of(b""), rng.randbytes(8))
     return Block(header, tuple(txs))
 
 

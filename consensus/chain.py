@@ -36,8 +36,10 @@ from consensus.types import (
     NONCE_BYTES,
     Block,
     BlockHeader,
+    EMPTY_CONSENSUS_ROOT,
     Transaction,
     compute_tx_root,
+    consensus_root_of,
 )
 
 
@@ -98,6 +100,7 @@ def make_genesis_block(genesis: Genesis, engine: Engine) -> tuple[Block, State]:
         state_root=state.root(),
         producer=bytes(20),
         bits=engine.genesis_bits(),
+        consensus_root=EMPTY_CONSENSUS_ROOT,
         nonce=bytes(NONCE_BYTES),
     )
     return Block(header, ()), state
@@ -205,6 +208,10 @@ class BlockTree:
                 f"timestamp {header.timestamp_ms} is more than {self.params.future_drift_ms} ms after now {now_ms}"
             )
         self.engine.validate_header(header, block_hash, parent, self)
+        # The header commits to the engine's body; the engine judges the body and the seal.
+        if consensus_root_of(block.consensus) != header.consensus_root:
+            raise InvalidBlock("consensus_root does not match the block's consensus body")
+        self.engine.validate_body(block, parent, self)
         # The header commits to exactly these transactions.
         if len(block.transactions) > BLOCK_TRANSACTIONS_MAX:
             raise InvalidBlock(f"{len(block.transactions)} transactions is over {BLOCK_TRANSACTIONS_MAX}")
@@ -338,6 +345,7 @@ class BlockTree:
             state_root=state.root(),
             producer=producer,
             bits=self.engine.next_bits(parent, self),
+            consensus_root=EMPTY_CONSENSUS_ROOT,
             nonce=bytes(NONCE_BYTES),
         )
         return Block(header, tuple(template.chosen))

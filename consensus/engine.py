@@ -4,7 +4,7 @@ on which engine runs (DESIGN.md section 5)."""
 from typing import TYPE_CHECKING, Protocol
 
 from consensus.genesis import Genesis
-from consensus.types import BlockHeader
+from consensus.types import Block, BlockHeader
 
 if TYPE_CHECKING:
     from consensus.chain import BlockTree, Entry
@@ -21,6 +21,9 @@ class Engine(Protocol):
 
     def validate_header(self, header: BlockHeader, block_hash: bytes, parent: "Entry", tree: "BlockTree") -> None:
         """Engine rules for a header whose generic rules already passed; raises InvalidBlock."""
+
+    def validate_body(self, block: Block, parent: "Entry", tree: "BlockTree") -> None:
+        """Engine rules for the block's consensus body and seal; raises InvalidBlock."""
 
     def block_score(self, header: BlockHeader) -> int:
         """What the block adds to its branch's score (work, for proof of work)."""

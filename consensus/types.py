@@ -37,6 +37,11 @@ NONCE_BYTES = 8  # fixed width, so the header's last 8 bytes are the nonce (mids
 # One block carries at most this many transactions; together with the frame limit it
 # bounds what a peer can make us decode and apply.
 BLOCK_TRANSACTIONS_MAX = 4096
+# The engine's part of a block (proof of stake: votes, slashing evidence, the proposer's
+# reveal; proof of work: nothing) and the producer's seal (a proposer's signature).
+# 1 MiB holds a slot's votes of thousands of validators; a seal is one signature.
+CONSENSUS_BYTES_MAX = 1024 * 1024
+SEAL_BYTES_MAX = 128
 
 
 # Field types with their bounds. msgspec checks them while it decodes (the fast path
@@ -50,6 +55,8 @@ PublicKey = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_lengt
 Address = Annotated[bytes, msgspec.Meta(min_length=ADDRESS_BYTES, max_length=ADDRESS_BYTES)]
 Signature = Annotated[bytes, msgspec.Meta(min_length=SIGNATURE_BYTES, max_length=SIGNATURE_BYTES)]
 Nonce8 = Annotated[bytes, msgspec.Meta(min_length=NONCE_BYTES, max_length=NONCE_BYTES)]
+ConsensusBytes = Annotated[bytes, msgspec.Meta(max_length=CONSENSUS_BYTES_MAX)]
+SealBytes = Annotated[bytes, msgspec.Meta(max_length=SEAL_BYTES_MAX)]
 
 
 class Transaction(NamedTuple):
@@ -102,6 +109,7 @@ class BlockHeader(NamedTuple):
     state_root: Hash
     producer: Address  # address credited with the reward and the fees
     bits: U32  # compact target (proof of work); 0 where an engine has none
+    consensus_root: Hash  # commits to Block.consensus (consensus_root_of)
     nonce: Nonce8  # last, fixed width: the miner's midstate covers everything before it
 
     def encode(self) -> bytes:
@@ -115,6 +123,8 @@ class BlockHeader(NamedTuple):
 class Block(NamedTuple):
     header: BlockHeader
     transactions: Annotated[tuple[Transaction, ...], msgspec.Meta(max_length=BLOCK_TRANSACTIONS_MAX)]
+    consensus: ConsensusBytes = b""  # the engine's body, committed by header.consensus_root
+    seal: SealBytes = b""  # the producer's signature over the header hash where the engine wants one
 
     def encode(self) -> bytes:
         return _ENCODER.encode(self)
@@ -142,7 +152,7 @@ def _read_transaction(value: Any, what: str) -> Transaction:
 
 
 def _read_header(value: Any, what: str) -> BlockHeader:
-    f = read_list(value, what, 9)
+    f = read_list(value, what, 10)
     return BlockHeader(
         read_uint(f[0], f"{what}.version", 2**32 - 1),
         read_uint(f[1], f"{what}.height"),
@@ -152,15 +162,18 @@ def _read_header(value: Any, what: str) -> BlockHeader:
         read_bytes(f[5], f"{what}.state_root", HASH_BYTES),
         read_bytes(f[6], f"{what}.producer", ADDRESS_BYTES),
         read_uint(f[7], f"{what}.bits", 2**32 - 1),
-        read_bytes(f[8], f"{what}.nonce", NONCE_BYTES),
+        read_bytes(f[8], f"{what}.consensus_root", HASH_BYTES),
+        read_bytes(f[9], f"{what}.nonce", NONCE_BYTES),
     )
 
 
 def read_block(value: Any, what: str = "block") -> Block:
-    f = read_list(value, what, 2)
+    f = read_list(value, what, 4)
     header = _read_header(f[0], f"{what}.header")
     txs = read_list(f[1], f"{what}.transactions", length_max=BLOCK_TRANSACTIONS_MAX)
-    return Block(header, tuple(_read_transaction(t, f"{what}.transactions[{i}]") for i, t in enumerate(txs)))
+    return Block(header, tuple(_read_transaction(t, f"{what}.transactions[{i}]") for i, t in enumerate(txs)),
+                 read_bytes(f[2], f"{what}.consensus", length_max=CONSENSUS_BYTES_MAX),
+                 read_bytes(f[3], f"{what}.seal", length_max=SEAL_BYTES_MAX))
 
 
 # The fast path: msgspec decodes straight into the typed values and checks every bound
@@ -211,6 +224,13 @@ def merkle_root(leaves: list[bytes]) -> bytes:
             nxt.append(level[-1])
         level = nxt
     return level[0]
+
+
+def consensus_root_of(consensus: bytes) -> bytes:
+    return sha256(b"chainlab/consensus" + consensus)
+
+
+EMPTY_CONSENSUS_ROOT = consensus_root_of(b"")
 
 
 def compute_tx_root(transactions: tuple[Transaction, ...] | list[Transaction]) -> bytes:

@@ -940,7 +940,7 @@ class NodeCore:
         template = self._templates.pop(report.work_id, None)
         if template is None:
             return  # work we already replaced
-        block = Block(with_nonce(template.header, report.nonce), template.transactions)
+        block = template._replace(header=with_nonce(template.header, report.nonce))
         verdict = self._import_block(block, None)
         if verdict is not Verdict.ACCEPT:
             self._log("mined_block_refused", height=block.header.height, hash=block.hash.hex(), verdict=verdict.value)

@@ -15,6 +15,7 @@ from consensus.pow.mining import NONCE_MAX, hash_meets_target, search, with_nonc
 from consensus.presets import account_key, make_genesis
 from consensus.state import State, process_block_body
 from consensus.types import (
+    EMPTY_CONSENSUS_ROOT,
     BLOCK_VERSION,
     NONCE_BYTES,
     TX_TRANSFER,
@@ -106,7 +107,7 @@ def unmine_header(header: BlockHeader) -> BlockHeader:
 
 
 def mine(block: Block) -> Block:
-    return Block(mine_header(block.header), block.transactions)
+    return block._replace(header=mine_header(block.header))
 
 
 def next_block(
@@ -164,6 +165,7 @@ def assemble(
         state_root=state_root,
         producer=producer,
         bits=tree.engine.next_bits(parent, tree) if bits is None else bits,
+        consensus_root=EMPTY_CONSENSUS_ROOT,
         nonce=bytes(NONCE_BYTES),
     )
     block = Block(header, tuple(txs))

@@ -33,7 +33,7 @@ from consensus.errors import (
 from consensus.params import MEDIAN_TIME_BLOCKS
 from consensus.pow.difficulty import compact_to_target, next_target_bits, target_to_compact, work_of_bits
 from consensus.pow.mining import hash_meets_target
-from consensus.types import Block, compute_tx_root
+from consensus.types import Block, compute_tx_root, consensus_root_of
 
 from helpers_chain import (
     EASY_GENESIS_BITS,
@@ -608,3 +608,16 @@ def test_a_template_extended_as_transactions_arrive_equals_one_built_at_once():
     # Both seals are valid blocks once mined; sealing did not spend the template's state.
     tree.add_block(mine(first), FAR_FUTURE_MS)
     assert tree.head.state.root() == first.header.state_root
+
+
+def test_a_pow_block_carries_no_consensus_body_and_no_seal():
+    tree = make_tree()
+    block = next_block(tree)
+    body = b"votes"
+    with_body = mine(block._replace(header=block.header._replace(consensus_root=consensus_root_of(body)),
+                                    consensus=body))
+    rejected(tree, with_body, InvalidBlock, "no consensus body and no seal")
+    rejected(tree, block._replace(seal=b"s" * 64), InvalidBlock, "no consensus body and no seal")
+    # The header commits to the body: a body that does not match its root is refused first.
+    rejected(tree, block._replace(consensus=body), InvalidBlock, "consensus_root does not match")
+    assert tree.add_block(block, FAR_FUTURE_MS).head_changed

@@ -21,6 +21,8 @@ from consensus.errors import DecodeError
 from consensus.types import (
     BLOCK_TRANSACTIONS_MAX,
     CHAIN_ID_CHARS_MAX,
+    CONSENSUS_BYTES_MAX,
+    SEAL_BYTES_MAX,
     TX_KINDS,
     Block,
     BlockHeader,
@@ -63,12 +65,14 @@ headers = st.builds(
     state_root=st.binary(min_size=32, max_size=32),
     producer=st.binary(min_size=20, max_size=20),
     bits=st.integers(0, U32),
+    consensus_root=st.binary(min_size=32, max_size=32),
     nonce=st.binary(min_size=8, max_size=8),
 )
-blocks = st.builds(Block, header=headers, transactions=st.lists(transactions, max_size=5).map(tuple))
+blocks = st.builds(Block, header=headers, transactions=st.lists(transactions, max_size=5).map(tuple),
+                   consensus=st.binary(max_size=200), seal=st.binary(max_size=128))
 
 TX = Transaction(0, "chainlab-test", b"\x11" * 32, b"\x22" * 20, 5, 300, 7, b"\x33" * 64)
-HEADER = BlockHeader(1, 5, b"\x44" * 32, 1_700_000_000_000, b"\x55" * 32, b"\x66" * 32, b"\x77" * 20, 0x2000FFFF, b"\x88" * 8)
+HEADER = BlockHeader(1, 5, b"\x44" * 32, 1_700_000_000_000, b"\x55" * 32, b"\x66" * 32, b"\x77" * 20, 0x2000FFFF, b"\x99" * 32, b"\x88" * 8)
 BLOCK = Block(HEADER, (TX, TX._replace(nonce=8)))
 
 
@@ -227,16 +231,17 @@ def test_wrong_transaction_fields_are_refused(data, message):
 WRONG_HEADER = {
     "version over 32 bits": (header_with(0, p(U32 + 1)), "version"),
     "bits over 32 bits": (header_with(7, p(U32 + 1)), "bits"),
-    "nonce 9 bytes": (header_with(8, p(b"\x88" * 9)), "nonce: expected 8 bytes"),
-    "nonce 7 bytes": (header_with(8, p(b"\x88" * 7)), "nonce: expected 8 bytes"),
+    "nonce 9 bytes": (header_with(9, p(b"\x88" * 9)), "nonce: expected 8 bytes"),
+    "nonce 7 bytes": (header_with(9, p(b"\x88" * 7)), "nonce: expected 8 bytes"),
+    "consensus_root 31 bytes": (header_with(8, p(b"\x99" * 31)), "consensus_root: expected 32 bytes"),
     "parent 31 bytes": (header_with(2, p(b"\x44" * 31)), "parent: expected 32 bytes"),
     "producer 32 bytes": (header_with(6, p(b"\x77" * 32)), "producer: expected 20 bytes"),
     "height as bool": (header_with(1, b"\xc3"), "height: expected an unsigned integer"),
     "timestamp as float": (header_with(3, p(1.5)), "timestamp_ms: expected an unsigned integer"),
     "tx_root as text": (header_with(4, p("x" * 32)), "tx_root: expected bytes"),
     "negative height": (header_with(1, p(-5)), "height: -5 is outside"),
-    "10 fields": (array(*header_fields(), p(0)), "expected 9 fields, got 10"),
-    "8 fields": (array(*header_fields()[:8]), "expected 9 fields, got 8"),
+    "11 fields": (array(*header_fields(), p(0)), "expected 10 fields, got 11"),
+    "9 fields": (array(*header_fields()[:9]), "expected 10 fields, got 9"),
 }
 
 
@@ -246,7 +251,21 @@ def test_wrong_header_fields_are_refused(data, message):
         decode_header(data)
     # Inside a block the same header fails the same way.
     with pytest.raises(DecodeError, match=message):
-        decode_block(array(data, array()))
+        decode_block(array(data, array(), p(b""), p(b"")))
+
+
+@pytest.mark.parametrize("consensus, seal, message", [
+    (b"c" * (CONSENSUS_BYTES_MAX + 1), b"", "consensus: 1048577 bytes is over the limit"),
+    (b"", b"s" * (SEAL_BYTES_MAX + 1), "seal: 129 bytes is over the limit"),
+])
+def test_oversized_consensus_body_or_seal_is_refused(consensus, seal, message):
+    with pytest.raises(DecodeError, match=message):
+        decode_block(array(HEADER.encode(), array(), p(consensus), p(seal)))
+
+
+def test_a_block_without_its_consensus_and_seal_fields_is_refused():
+    with pytest.raises(DecodeError, match="expected 4 fields, got 2"):
+        decode_block(array(HEADER.encode(), array()))
 
 
 def test_too_many_transactions_are_refused():
@@ -257,16 +276,16 @@ def test_too_many_transactions_are_refused():
 
 def test_a_bad_transaction_inside_a_block_is_named():
     bad_tx = tx_with(4, p(-1))
-    data = array(HEADER.encode(), array(TX.encode(), bad_tx))
+    data = array(HEADER.encode(), array(TX.encode(), bad_tx), p(b""), p(b""))
     with pytest.raises(DecodeError, match=r"block.transactions\[1\].amount"):
         decode_block(data)
 
 
-def test_block_with_three_parts_or_a_non_list_body_is_refused():
-    with pytest.raises(DecodeError, match="expected 2 fields"):
-        decode_block(array(HEADER.encode(), array(), array()))
+def test_block_with_five_parts_or_a_non_list_body_is_refused():
+    with pytest.raises(DecodeError, match="expected 4 fields"):
+        decode_block(array(HEADER.encode(), array(), p(b""), p(b""), array()))
     with pytest.raises(DecodeError, match="transactions: expected an array"):
-        decode_block(array(HEADER.encode(), p(b"")))
+        decode_block(array(HEADER.encode(), p(b""), p(b""), p(b"")))
 
 
 # --- malformed msgpack -------------------------------------------------------------

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consensus.crypto import sha256
-from consensus.types import Block, BlockHeader
+from consensus.types import EMPTY_CONSENSUS_ROOT, Block, BlockHeader
 from p2p.gossip import GossipRouter, SeenCache, message_id
 from p2p.scoring import Offence, PeerScores
 from p2p.sync import OrphanPool
@@ -261,7 +261,7 @@ def test_score_and_ban_records_are_bounded():
 
 
 def orphan(tag: str, parent: bytes, height: int = 10) -> Block:
-    header = BlockHeader(1, height, parent, 0, sha256(b"tx" + tag.encode()), bytes(32), bytes(20), 0, bytes(8))
+    header = BlockHeader(1, height, parent, 0, sha256(b"tx" + tag.encode()), bytes(32), bytes(20), 0, EMPTY_CONSENSUS_ROOT, bytes(8))
     return Block(header, ())
 
 

@@ -23,9 +23,9 @@ from consensus.pow.mining import (
     search_prefix,
     with_nonce,
 )
-from consensus.types import NONCE_BYTES, Block, BlockHeader
+from consensus.types import EMPTY_CONSENSUS_ROOT, NONCE_BYTES, Block, BlockHeader
 
-HEADER = BlockHeader(1, 7, b"\x01" * 32, 1_700_000_000_000, b"\x02" * 32, b"\x03" * 32, b"\x04" * 20, 0x2000FFFF, bytes(8))
+HEADER = BlockHeader(1, 7, b"\x01" * 32, 1_700_000_000_000, b"\x02" * 32, b"\x03" * 32, b"\x04" * 20, 0x2000FFFF, EMPTY_CONSENSUS_ROOT, bytes(8))
 TARGET_1_IN_64 = (1 << 256) // 64 - 1  # about one nonce in 64 meets it
 
 

@@ -1,13 +1,13 @@
 """The proof-of-work engine: retarget schedule, header check, most-work fork choice."""
 
 from consensus.chain import BlockTree, Entry
-from consensus.errors import InvalidProofOfWork
+from consensus.errors import InvalidBlock, InvalidProofOfWork
 from consensus.genesis import Genesis
 from consensus.params import params_from
 from consensus.pow.difficulty import compact_to_target, next_target_bits, work_of_bits
 from consensus.pow.mining import hash_meets_target
 from consensus.pow.params import PowParams
-from consensus.types import BlockHeader
+from consensus.types import Block, BlockHeader
 
 
 class PowEngine:
@@ -54,6 +54,11 @@ class PowEngine:
         # The header hash meets its target.
         if not self.skip_pow_check and not hash_meets_target(block_hash, target):
             raise InvalidProofOfWork(f"block hash {block_hash.hex()[:16]} does not meet its target")
+
+    def validate_body(self, block: Block, parent: Entry, tree: BlockTree) -> None:
+        # Proof of work has no votes and no seal: the nonce is the proof.
+        if block.consensus or block.seal:
+            raise InvalidBlock("a proof-of-work block carries no consensus body and no seal")
 
     def block_score(self, header: BlockHeader) -> int:
         return work_of_bits(header.bits)
