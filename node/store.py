@@ -19,7 +19,8 @@ from pathlib import Path
 
 from consensus.types import Block, Transaction, decode_block, decode_transaction
 
-SCHEMA_VERSION = 1
+# 2: blocks are stored in the format with an engine body and a seal (consensus_root).
+SCHEMA_VERSION = 2
 
 
 class StoreError(Exception):

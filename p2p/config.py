@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
+# 2: blocks carry an engine body and a seal (consensus_root in the header); GossipBatch.
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
