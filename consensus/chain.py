@@ -1,9 +1,10 @@
 """The block tree: every known valid block, its heads, fork choice and reorgs.
 
 Every block in the tree passed every rule, and the state after each unfinalized block
-is kept so a branch can be extended or switched to at any time. Blocks deeper than
-`reorg_depth_max` below the head are final: nothing may fork below them, and the
-states and side branches there are pruned.
+is kept so a branch can be extended or switched to at any time. The engine says which
+head is best (`choose_head`) and what is final (`final_height`: proof of work, the
+blocks deeper than `reorg_depth_max` below the head): nothing may fork below the final
+height, and the states and side branches there are pruned.
 """
 
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class Template:
 
 def make_genesis_block(genesis: Genesis, engine: Engine) -> tuple[Block, State]:
     state = state_from_allocations(genesis.allocations)
+    state.engine = engine.initial_state(genesis)
     header = BlockHeader(
         version=BLOCK_VERSION,
         height=0,
@@ -225,6 +227,7 @@ class BlockTree:
             )
         except InvalidTransaction as exc:
             raise InvalidBlock(f"block at height {header.height} has an invalid transaction: {exc}") from exc
+        self.engine.process_body(state, block, parent, self)
         # The header commits to the resulting state.
         if state.root() != header.state_root:
             raise InvalidBlock("state_root does not match the state after the block")
@@ -236,9 +239,16 @@ class BlockTree:
         entry = Entry(block, block.hash, parent.score + self.engine.block_score(block.header), self._seq, state, parent)
         parent.children.append(entry)
         self.entries[entry.hash] = entry
-        if not self.engine.is_better_head(entry, self.head):
+        best = self.engine.choose_head(self, entry)
+        if best is self.head:
             return Added(entry, False, (), ())
-        return self._set_head(entry)
+        return self._set_head(best)
+
+    def reconsider_head(self) -> Added | None:
+        """Fork choice again without a new block (votes moved the weight); the reorg if
+        the head changed, else None."""
+        best = self.engine.choose_head(self, None)
+        return None if best is self.head else self._set_head(best)
 
     def _set_head(self, new_head: Entry) -> Added:
         old_head = self.head
@@ -266,7 +276,7 @@ class BlockTree:
         return entry.height >= self.final_height and self.ancestor(entry, self.final_height) is self.canonical[self.final_height]
 
     def _advance_final(self) -> None:
-        new_final = max(0, self.head.height - self.params.reorg_depth_max)
+        new_final = min(self.engine.final_height(self), self.head.height)
         if new_final <= self.final_height:
             return
         for height in range(self.final_height, new_final):
@@ -329,9 +339,9 @@ class BlockTree:
             added += 1
         return added
 
-    def seal_template(self, template: "Template", producer: bytes, now_ms: int) -> Block:
-        """The block of the template's transactions, with a zero nonce; the template stays
-        open for more transactions."""
+    def seal_template(self, template: "Template", producer: bytes, now_ms: int, consensus: bytes = b"") -> Block:
+        """The block of the template's transactions and the engine body `consensus`, with a
+        zero nonce and no seal; the template stays open for more transactions."""
         parent = template.parent
         state = template.state.copy()
         process_producer_income(state, producer, template.income, self.params)
@@ -342,10 +352,12 @@ class BlockTree:
             parent=parent.hash,
             timestamp_ms=timestamp,
             tx_root=compute_tx_root(template.chosen),
-            state_root=state.root(),
+            state_root=bytes(32),  # set below, after the engine's effects
             producer=producer,
             bits=self.engine.next_bits(parent, self),
-            consensus_root=EMPTY_CONSENSUS_ROOT,
+            consensus_root=consensus_root_of(consensus),
             nonce=bytes(NONCE_BYTES),
         )
-        return Block(header, tuple(template.chosen))
+        block = Block(header, tuple(template.chosen), consensus)
+        self.engine.process_body(state, block, parent, self)
+        return block._replace(header=header._replace(state_root=state.root()))

@@ -1,13 +1,14 @@
 """The interface every consensus engine implements; nothing outside consensus/ branches
 on which engine runs (DESIGN.md section 5)."""
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consensus.genesis import Genesis
 from consensus.types import Block, BlockHeader
 
 if TYPE_CHECKING:
     from consensus.chain import BlockTree, Entry
+    from consensus.state import State
 
 
 class Engine(Protocol):
@@ -28,8 +29,19 @@ class Engine(Protocol):
     def block_score(self, header: BlockHeader) -> int:
         """What the block adds to its branch's score (work, for proof of work)."""
 
-    def is_better_head(self, candidate: "Entry", head: "Entry") -> bool:
-        """Fork choice between the current head and a newly added block."""
+    def initial_state(self, genesis: Genesis) -> Any:
+        """The engine's part of the genesis state (State.engine); None if it keeps none."""
+
+    def process_body(self, state: "State", block: Block, parent: "Entry", tree: "BlockTree") -> None:
+        """Apply the block's engine effects to `state` (a copy, after its transactions),
+        in place; raises InvalidBlock. The same call seals templates, so producers and
+        validators compute one state root."""
+
+    def choose_head(self, tree: "BlockTree", added: "Entry | None") -> "Entry":
+        """Fork choice after a block was added (`added`) or votes changed (None)."""
+
+    def final_height(self, tree: "BlockTree") -> int:
+        """The height below which the canonical chain never changes."""
 
     def status(self, tree: "BlockTree") -> dict:
         """The engine's state for `consensus_status` (JSON-ready values)."""

@@ -6,7 +6,7 @@ sum of balances == genesis supply + issued rewards - burned fees, at every block
 """
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from consensus import codec
 from consensus.crypto import sha256, verify
@@ -36,9 +36,13 @@ class State:
     genesis_supply: int = 0
     issued: int = 0  # block rewards created since genesis
     burned: int = 0  # fees destroyed since genesis
+    # The engine's own state (proof of stake: validators, seed, checkpoints), with copy()
+    # and root(); None where the engine keeps none (proof of work).
+    engine: Any = None
 
     def copy(self) -> "State":
-        return State(dict(self.accounts), self.genesis_supply, self.issued, self.burned)
+        return State(dict(self.accounts), self.genesis_supply, self.issued, self.burned,
+                     None if self.engine is None else self.engine.copy())
 
     def get(self, address: bytes) -> Account:
         return self.accounts.get(address, EMPTY_ACCOUNT)
@@ -50,7 +54,10 @@ class State:
         thousands of accounts; a Merkle trie would give proofs, which nothing needs yet.
         """
         items = sorted(self.accounts.items())
-        return sha256(codec.encode(["chainlab/state", self.issued, self.burned, [(a, b, n) for a, (b, n) in items]]))
+        fields = ["chainlab/state", self.issued, self.burned, [(a, b, n) for a, (b, n) in items]]
+        if self.engine is not None:
+            fields.append(self.engine.root())
+        return sha256(codec.encode(fields))
 
     def total_balance(self) -> int:
         return sum(acct.balance for acct in self.accounts.values())

@@ -7,6 +7,7 @@ from consensus.params import params_from
 from consensus.pow.difficulty import compact_to_target, next_target_bits, work_of_bits
 from consensus.pow.mining import hash_meets_target
 from consensus.pow.params import PowParams
+from consensus.state import State
 from consensus.types import Block, BlockHeader
 
 
@@ -63,9 +64,21 @@ class PowEngine:
     def block_score(self, header: BlockHeader) -> int:
         return work_of_bits(header.bits)
 
-    def is_better_head(self, candidate: Entry, head: Entry) -> bool:
+    def initial_state(self, genesis: Genesis) -> None:
+        return None
+
+    def process_body(self, state: State, block: Block, parent: Entry, tree: BlockTree) -> None:
+        return None  # no engine state: the transactions and the reward are everything
+
+    def choose_head(self, tree: BlockTree, added: Entry | None) -> Entry:
         # Most cumulative work wins; on a tie the block seen first (the head) stays.
-        return candidate.score > head.score
+        if added is not None and added.score > tree.head.score:
+            return added
+        return tree.head
+
+    def final_height(self, tree: BlockTree) -> int:
+        # Probabilistic finality made a rule: nothing reorganises deeper than the bound.
+        return max(0, tree.head.height - tree.params.reorg_depth_max)
 
     def status(self, tree: BlockTree) -> dict:
         head = tree.head
