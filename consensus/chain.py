@@ -93,6 +93,7 @@ class Template:
 def make_genesis_block(genesis: Genesis, engine: Engine) -> tuple[Block, State]:
     state = state_from_allocations(genesis.allocations)
     state.engine = engine.initial_state(genesis)
+    state.genesis_supply = genesis.supply  # balances and genesis stakes
     header = BlockHeader(
         version=BLOCK_VERSION,
         height=0,

@@ -53,6 +53,10 @@ def make_engine(genesis: Genesis, *, skip_pow_check_for_simulation: bool = False
         from consensus.pow.engine import PowEngine
 
         return PowEngine.from_genesis(genesis, skip_pow_check_for_simulation=skip_pow_check_for_simulation)
+    if genesis.consensus == "pos":
+        from consensus.pos.engine import PosEngine
+
+        return PosEngine.from_genesis(genesis)
     from consensus.errors import DecodeError
 
     raise DecodeError(f"unknown consensus engine {genesis.consensus!r}")

@@ -3,9 +3,10 @@
 from consensus.crypto import KeyPair
 from consensus.genesis import Genesis
 from consensus.params import CHAIN_PRESETS
+from consensus.pos.params import POS_PRESETS
 from consensus.pow.params import POW_PRESETS
 
-ENGINE_PRESETS = {"pow": POW_PRESETS}
+ENGINE_PRESETS = {"pow": POW_PRESETS, "pos": POS_PRESETS}
 
 
 def genesis_params(consensus: str, preset: str, overrides: dict[str, int] | None = None) -> dict[str, int]:
@@ -34,7 +35,11 @@ def make_genesis(
     chain_id: str | None = None,
     timestamp_ms: int = 1_700_000_000_000,
     overrides: dict[str, int] | None = None,
+    validators: int = 0,
+    stake: int = 32_000_000,
 ) -> Genesis:
+    """`validators` (proof of stake): that many genesis validators with keys
+    validator_key(seed, i), each staking `stake`."""
     allocations = {account_key(seed, i).address: balance for i in range(accounts)}
     return Genesis.create(
         chain_id or f"chainlab-{consensus}-{seed}",
@@ -42,4 +47,10 @@ def make_genesis(
         timestamp_ms,
         genesis_params(consensus, preset, overrides),
         allocations,
+        [(validator_key(seed, i).public_key, stake) for i in range(validators)],
     )
+
+
+def validator_key(seed: str, index: int) -> KeyPair:
+    """Genesis validator `index` of a network made from `seed`."""
+    return KeyPair.derive(seed, "validator", index)

@@ -60,7 +60,9 @@ class State:
         return sha256(codec.encode(fields))
 
     def total_balance(self) -> int:
-        return sum(acct.balance for acct in self.accounts.values())
+        """Every coin: account balances plus what the engine holds locked (stakes)."""
+        locked = self.engine.locked() if self.engine is not None else 0
+        return sum(acct.balance for acct in self.accounts.values()) + locked
 
     def expected_supply(self) -> int:
         return self.genesis_supply + self.issued - self.burned

@@ -1,19 +1,30 @@
 """Slashing: the three slashable offences, checking evidence, and a detector that finds it.
 
+What is slashable is the Casper FFG LINK of a vote, source checkpoint -> target
+checkpoint, as in the Casper FFG paper where a vote is a link s -> t. The reason: a
+validator attests in EVERY slot, because its LMD-GHOST head vote changes slot by
+slot, and all its attestations of one epoch carry the same link (its justified source
+and the current epoch's target on its branch). Those per-slot votes differ in slot and
+head but are honest; only two different links for one target epoch, or links that
+surround each other, can help finalize two conflicting checkpoints.
+
 The rules (Casper FFG's two commandments, plus the proposer's one):
 1. Double proposal: one validator signs two different blocks for the same slot.
-2. Double vote: one validator signs two different attestations with the same target
-   epoch (FFG commandment 1). Anything differing counts, head or slot included: an
-   honest validator attests once per epoch.
+2. Double vote: one validator signs two attestations with the same target epoch but
+   different links, (a.source, a.target) != (b.source, b.target): another target root,
+   or another source checkpoint (epoch or root) (FFG commandment 1). Two attestations
+   with the same link that differ only in slot and/or head are NOT a double vote: that
+   is the normal vote of each slot.
 3. Surround vote: one validator signs two attestations where one's source-to-target
-   span strictly surrounds the other's: a.source < b.source and b.target < a.target,
-   or the reverse (FFG commandment 2). Equal sources or equal targets do not surround;
-   a shared boundary (a.target == b.source) is the honest chain of votes.
+   span strictly surrounds the other's: a.source < b.source and b.target < a.target
+   (by epoch), or the reverse (FFG commandment 2). Equal sources or equal targets do
+   not surround; a shared boundary (a.target == b.source) is the honest chain of votes.
 
 Both attestation conditions are symmetric: the order of the two pieces of evidence
-does not matter. The checks here are the pure rules only. Whether the offender can
-still be slashed (not slashed before, stake still locked) is the validator
-lifecycle's rule: consensus.pos.validators refuses a second SLASHED event.
+does not matter, and both depend on the links only. The checks here are the pure
+rules only. Whether the offender can still be slashed (not slashed before, stake still
+locked) is the validator lifecycle's rule: consensus.pos.validators refuses a second
+SLASHED event.
 """
 
 from collections.abc import Callable
@@ -24,6 +35,7 @@ from consensus.pos.types import (
     Attestation,
     AttestationData,
     AttesterSlashing,
+    Checkpoint,
     Proposal,
     ProposerSlashing,
     SignedProposal,
@@ -47,9 +59,14 @@ def is_double_proposal(a: Proposal, b: Proposal) -> bool:
     return a.validator == b.validator and a.slot == b.slot and a.block_root != b.block_root
 
 
+def get_link(data: AttestationData) -> tuple[Checkpoint, Checkpoint]:
+    """The FFG link a vote carries, (source, target): what the slashing rules judge."""
+    return data.source, data.target
+
+
 def is_double_vote(a: AttestationData, b: AttestationData) -> bool:
-    """Rule 2: two different votes for the same target epoch."""
-    return a != b and a.target.epoch == b.target.epoch
+    """Rule 2: two different links for the same target epoch (slot and head do not count)."""
+    return a.target.epoch == b.target.epoch and get_link(a) != get_link(b)
 
 
 def is_surround_vote(a: AttestationData, b: AttestationData) -> bool:
@@ -107,15 +124,18 @@ def check_attester_slashing(
     # Both attestations must come from one validator.
     if a.validator != b.validator:
         raise InvalidEvidence(f"attester slashing names two validators, {a.validator} and {b.validator}")
-    # Two copies of one vote prove nothing.
-    if a.data == b.data:
-        raise InvalidEvidence("not slashable: the two attestations are the same vote")
-    # The votes must break rule 2 or rule 3.
+    # Two votes with one link prove nothing: they are the same vote, or the votes of two
+    # slots of one epoch (only slot and head differ), which an honest validator signs.
+    if get_link(a.data) == get_link(b.data):
+        raise InvalidEvidence(
+            f"not slashable: both attestations carry the same FFG link {_describe(a.data)} "
+            f"(slots {a.data.slot} and {b.data.slot})"
+        )
+    # The links must break rule 2 or rule 3.
     if not is_slashable_attestation_pair(a.data, b.data):
         raise InvalidEvidence(
-            "not slashable: votes "
-            f"{a.data.source.epoch}->{a.data.target.epoch} and {b.data.source.epoch}->{b.data.target.epoch} "
-            "are neither a double vote (same target epoch) nor a surround vote"
+            f"not slashable: links {_describe(a.data)} and {_describe(b.data)} are neither a double vote "
+            "(same target epoch, different link) nor a surround vote"
         )
     public_key = _known_key(a.validator, public_key_of)
     # Both signatures must be the validator's, on this chain.
@@ -123,6 +143,12 @@ def check_attester_slashing(
         if not attestation.verify(chain_id, public_key):
             raise InvalidEvidence(f"attestation {name} is not signed by validator {a.validator} on chain {chain_id!r}")
     return a.validator
+
+
+def _describe(data: AttestationData) -> str:
+    """A link for messages: epochs and the first bytes of the roots, enough to tell two apart."""
+    source, target = data.source, data.target
+    return f"{source.epoch}:{source.root[:4].hex()}->{target.epoch}:{target.root[:4].hex()}"
 
 
 def _known_key(validator: int, public_key_of: Callable[[int], bytes | None]) -> bytes:
@@ -139,7 +165,9 @@ class _Seen(NamedTuple):
     """What one validator signed within the window."""
 
     proposals: dict[int, SignedProposal]  # by slot: at most one per slot, else it is evidence
-    attestations: dict[int, Attestation]  # by target epoch: at most one per epoch, else evidence
+    # By target epoch, one attestation carrying the link seen for that epoch: a second
+    # link for the epoch is evidence, the same link again (a later slot) is not stored.
+    attestations: dict[int, Attestation]
 
 
 class SlashingDetector:
@@ -150,7 +178,13 @@ class SlashingDetector:
     validation do that first): it does not check signatures, and one forged message
     stored here would make it report useless evidence and then ignore the validator.
 
-    Bounds: it keeps, per validator, the proposals by slot and the attestations by
+    Validators attest every slot with one FFG link per epoch, so per validator and
+    target epoch it keeps ONE attestation, the first seen, standing for the link: a
+    vote with the same link (another slot or head) is no offence and is dropped, a
+    vote with another link for that target epoch is a double vote, and surround votes
+    are found by comparing the new link with the one of every kept target epoch.
+
+    Bounds: it keeps, per validator, the proposals by slot and one attestation per
     target epoch of the last `epochs_kept_max` epochs (plus FUTURE_EPOCHS_MAX ahead):
     at most (epochs_kept_max + FUTURE_EPOCHS_MAX) * (slots_per_epoch + 1) messages per
     validator, and validators are bounded by the registry since signatures verified.
@@ -211,12 +245,19 @@ class SlashingDetector:
         if validator in self._slashed or not self._in_window(data.target.epoch):
             return None
         seen = self._seen_of(validator)
-        # At most one vote per target epoch is stored, so this scans at most the window.
+        kept = seen.attestations.get(data.target.epoch)
+        if kept is not None and get_link(kept.data) == get_link(data):
+            # The vote of another slot with the link kept for this epoch. The rules judge
+            # links only, so it conflicts with exactly what the kept one conflicts with,
+            # and that is nothing (else the validator would be slashed): nothing to store.
+            return None
+        # One link per target epoch is kept, so this scans at most the window.
         for earlier in seen.attestations.values():
             if is_slashable_attestation_pair(earlier.data, data):
                 self.mark_slashed(validator)
                 return AttesterSlashing(earlier, attestation)
-        seen.attestations.setdefault(data.target.epoch, attestation)
+        # No link was kept for this target epoch (another one would have been a double vote).
+        seen.attestations[data.target.epoch] = attestation
         return None
 
     def mark_slashed(self, validator: int) -> None:

@@ -1,0 +1,476 @@
+"""The proof-of-stake engine: slots, proposers, votes, FFG finality, LMD-GHOST, slashing.
+
+A block's place in time is its slot: `timestamp_ms = genesis + slot * slot_ms`
+exactly. Its engine body (Block.consensus) holds the proposer's index and reveal, the
+attestations it includes and any slashing evidence; its seal is the proposer's
+signature over `Proposal(proposer, slot, header hash)`.
+
+The engine state (State.engine, a `PosState`) carries the validator registry, the
+RANDAO seed, the FFG checkpoints, each epoch's boundary block and who voted for it.
+`process_body` applies a block on top of its parent's state; at the first block of a
+new epoch it first runs the epoch transitions of every epoch boundary crossed:
+
+  1. FFG weighing (consensus/pos/finality.py) of the epoch that ended,
+  2. rewards for timely, correct votes of the epoch before; during an inactivity leak
+     (finality stalled for more than `inactivity_leak_after_epochs`) no rewards, and
+     validators that did not vote lose stake * stalled_epochs // quotient,
+  3. the lifecycle table (consensus/pos/validators.py): activations, forced exits, the
+     end of unbonding, withdrawals back to the owner's balance,
+  4. the seed at the end of the epoch is kept for the proposers two epochs later.
+
+Supply: rewards are issued into balances; leak penalties and the burned part of
+slashing penalties leave the stakes, so balances + stakes == genesis supply + issued
+- burned at every block (State.total_balance counts `locked()`).
+
+Not yet (issue 4): stake and unstake transactions (the registry comes from genesis),
+votes arriving by gossip (the node core's duties), the byzantine switches.
+"""
+
+from typing import Any, NamedTuple
+
+from consensus import codec
+from consensus.codec import read_bytes, read_list, read_uint
+from consensus.crypto import HASH_BYTES, SIGNATURE_BYTES, address_of, sha256, verify
+from consensus.errors import DecodeError, InvalidBlock
+from consensus.genesis import Genesis
+from consensus.params import params_from
+from consensus.pos.finality import FfgState, weigh_justification_and_finalization
+from consensus.pos.forkchoice import ForkChoice
+from consensus.pos.params import PosParams
+from consensus.pos.selection import SEED_LOOKAHEAD_EPOCHS, mix_seed, select_proposer
+from consensus.pos.slashing import InvalidEvidence, check_attester_slashing, check_proposer_slashing
+from consensus.pos.types import (
+    Attestation,
+    AttestationData,
+    AttesterSlashing,
+    Checkpoint,
+    Proposal,
+    ProposerSlashing,
+    SignedProposal,
+    reveal_signing_bytes,
+)
+from consensus.pos.validators import (
+    FAR_FUTURE_EPOCH,
+    Status,
+    Validator,
+    is_active,
+    is_slashable,
+    on_slashed,
+    on_withdrawn,
+    process_epoch,
+)
+from consensus.state import Account, State
+from consensus.types import NONCE_BYTES, Block, BlockHeader
+
+ATTESTATIONS_PER_BLOCK_MAX = 2_048
+SLASHINGS_PER_BLOCK_MAX = 16
+EPOCHS_KEPT = 4  # seeds, boundary roots and vote sets older than this are dropped
+GENESIS_ROOT = bytes(HASH_BYTES)  # names the genesis block in checkpoints (its hash needs this state)
+
+
+# --- the block body ------------------------------------------------------------------------
+
+
+class PosBody(NamedTuple):
+    proposer: int
+    reveal: bytes  # the proposer's signature over the epoch (RANDAO)
+    attestations: tuple[Attestation, ...] = ()
+    proposer_slashings: tuple[ProposerSlashing, ...] = ()
+    attester_slashings: tuple[AttesterSlashing, ...] = ()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode_body(body: PosBody) -> bytes:
+    return codec.encode(_plain(body))
+
+
+def _checkpoint(value: Any, what: str) -> Checkpoint:
+    f = read_list(value, what, 2)
+    return Checkpoint(read_uint(f[0], f"{what}.epoch"), read_bytes(f[1], f"{what}.root", HASH_BYTES))
+
+
+def _data(value: Any, what: str) -> AttestationData:
+    f = read_list(value, what, 4)
+    return AttestationData(read_uint(f[0], f"{what}.slot"), read_bytes(f[1], f"{what}.head", HASH_BYTES),
+                           _checkpoint(f[2], f"{what}.source"), _checkpoint(f[3], f"{what}.target"))
+
+
+def read_attestation(value: Any, what: str = "attestation") -> Attestation:
+    f = read_list(value, what, 3)
+    return Attestation(read_uint(f[0], f"{what}.validator"), _data(f[1], f"{what}.data"),
+                       read_bytes(f[2], f"{what}.signature", SIGNATURE_BYTES))
+
+
+def _signed_proposal(value: Any, what: str) -> SignedProposal:
+    f = read_list(value, what, 2)
+    p = read_list(f[0], f"{what}.proposal", 3)
+    proposal = Proposal(read_uint(p[0], f"{what}.validator"), read_uint(p[1], f"{what}.slot"),
+                        read_bytes(p[2], f"{what}.block_root", HASH_BYTES))
+    return SignedProposal(proposal, read_bytes(f[1], f"{what}.signature", SIGNATURE_BYTES))
+
+
+def decode_body(data: bytes) -> PosBody:
+    f = read_list(codec.decode(data), "body", 5)
+    return PosBody(
+        read_uint(f[0], "body.proposer"),
+        read_bytes(f[1], "body.reveal", SIGNATURE_BYTES),
+        tuple(read_attestation(a, "body.attestation")
+              for a in read_list(f[2], "body.attestations", length_max=ATTESTATIONS_PER_BLOCK_MAX)),
+        tuple(ProposerSlashing(*(_signed_proposal(x, "body.proposer_slashing") for x in read_list(e, "evidence", 2)))
+              for e in read_list(f[3], "body.proposer_slashings", length_max=SLASHINGS_PER_BLOCK_MAX)),
+        tuple(AttesterSlashing(*(read_attestation(x, "body.attester_slashing") for x in read_list(e, "evidence", 2)))
+              for e in read_list(f[4], "body.attester_slashings", length_max=SLASHINGS_PER_BLOCK_MAX)),
+    )
+
+
+# --- the engine state --------------------------------------------------------------------------
+
+
+class PosState:
+    """The proof-of-stake part of State; copied with it for every block."""
+
+    def __init__(self, validators: list[Validator], seed: bytes, ffg: FfgState, epoch: int,
+                 epoch_seeds: dict[int, bytes], boundary_roots: dict[int, bytes], pending_boundaries: list[int],
+                 voted: dict[int, set[int]], attested: dict[int, set[int]], slot: int):
+        self.validators = validators
+        self.seed = seed  # RANDAO mix after the latest block
+        self.ffg = ffg
+        self.epoch = epoch  # epoch of the latest block
+        self.slot = slot  # slot of the latest block
+        self.epoch_seeds = epoch_seeds  # epoch -> seed at its end
+        self.boundary_roots = boundary_roots  # epoch -> its checkpoint block on this chain
+        self.pending_boundaries = pending_boundaries  # epochs whose checkpoint is the latest block itself
+        self.voted = voted  # target epoch -> validator * slots_per_epoch + slot in epoch, of included votes
+        self.attested = attested  # target epoch -> validators whose included vote had the right target
+
+    def copy(self) -> "PosState":
+        return PosState(list(self.validators), self.seed, self.ffg, self.epoch, dict(self.epoch_seeds),
+                        dict(self.boundary_roots), list(self.pending_boundaries),
+                        {e: set(v) for e, v in self.voted.items()}, {e: set(v) for e, v in self.attested.items()},
+                        self.slot)
+
+    def root(self) -> bytes:
+        return sha256(codec.encode([
+            "chainlab/pos-state", [list(v) for v in self.validators], self.seed, _plain(tuple(self.ffg)),
+            self.epoch, self.slot, sorted(self.epoch_seeds.items()), sorted(self.boundary_roots.items()),
+            sorted(self.pending_boundaries), sorted((e, sorted(v)) for e, v in self.voted.items()),
+            sorted((e, sorted(v)) for e, v in self.attested.items()),
+        ]))
+
+    def locked(self) -> int:
+        return sum(v.stake for v in self.validators)
+
+    def active(self) -> list[tuple[int, int]]:
+        """(index, stake) of the validators that vote and propose now, in registry order."""
+        return [(i, v.stake) for i, v in enumerate(self.validators) if is_active(v.status) and v.stake > 0]
+
+    def active_stake(self) -> int:
+        return sum(stake for _, stake in self.active())
+
+    def stake_of(self, validators: set[int]) -> int:
+        return sum(self.validators[i].stake for i in validators if is_active(self.validators[i].status))
+
+    def seed_for(self, epoch: int) -> bytes:
+        """The seed proposers of `epoch` are drawn from (known two epochs ahead)."""
+        return self.epoch_seeds.get(epoch - SEED_LOOKAHEAD_EPOCHS, self.epoch_seeds[-1])
+
+    def public_key_of(self, index: int) -> bytes | None:
+        return self.validators[index].public_key if 0 <= index < len(self.validators) else None
+
+
+# --- the engine -----------------------------------------------------------------------------------
+
+
+class PosEngine:
+    name = "pos"
+
+    def __init__(self, params: PosParams, genesis: Genesis):
+        self.params = params
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.genesis_ms = genesis.timestamp_ms
+        # Fork choice needs the whole tree's votes, not one branch's: it lives here, fed
+        # with every block added (its votes included) and, later, gossiped votes.
+        self.fork_choice: ForkChoice | None = None
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> "PosEngine":
+        if not genesis.validators:
+            raise DecodeError("a proof-of-stake genesis needs at least one validator")
+        return cls(params_from(PosParams, genesis), genesis)
+
+    # --- time -------------------------------------------------------------------------------------
+
+    def slot_of(self, header: BlockHeader) -> int:
+        return (header.timestamp_ms - self.genesis_ms) // self.params.slot_ms
+
+    def slot_time_ms(self, slot: int) -> int:
+        return self.genesis_ms + slot * self.params.slot_ms
+
+    def epoch_of(self, slot: int) -> int:
+        return slot // self.params.slots_per_epoch
+
+    # --- genesis ------------------------------------------------------------------------------
+
+    def genesis_bits(self) -> int:
+        return 0
+
+    def next_bits(self, parent: Any, tree: Any) -> int:
+        return 0
+
+    def initial_state(self, genesis: Genesis) -> PosState:
+        validators = [Validator(key, stake, Status.ACTIVE, 0, FAR_FUTURE_EPOCH, FAR_FUTURE_EPOCH, False)
+                      for key, stake in genesis.validators]
+        seed = sha256(b"chainlab/genesis-seed" + genesis.hash)
+        return PosState(validators, seed, FfgState.genesis(GENESIS_ROOT), 0, {-1: seed}, {0: GENESIS_ROOT}, [],
+                        {}, {}, 0)
+
+    # --- rules -------------------------------------------------------------------------------------
+
+    def validate_header(self, header: BlockHeader, block_hash: bytes, parent: Any, tree: Any) -> None:
+        if header.bits != 0 or header.nonce != bytes(NONCE_BYTES):
+            raise InvalidBlock("a proof-of-stake header has zero bits and a zero nonce")
+        offset = header.timestamp_ms - self.genesis_ms
+        if offset <= 0 or offset % self.params.slot_ms:
+            raise InvalidBlock(f"timestamp {header.timestamp_ms} is not the start of a slot after genesis")
+        if parent.height > 0 and self.slot_of(header) <= self.slot_of(parent.header):
+            raise InvalidBlock("a block's slot must come after its parent's")
+
+    def validate_body(self, block: Block, parent: Any, tree: Any) -> None:
+        """The body decodes, and the seal and reveal are the named proposer's."""
+        try:
+            body = decode_body(block.consensus)
+        except DecodeError as exc:
+            raise InvalidBlock(f"malformed proof-of-stake body: {exc}") from None
+        engine_state: PosState = parent.state.engine
+        key = engine_state.public_key_of(body.proposer)
+        if key is None:
+            raise InvalidBlock(f"proposer {body.proposer} is not a validator")
+        slot = self.slot_of(block.header)
+        proposal = Proposal(body.proposer, slot, block.header.hash)
+        if len(block.seal) != SIGNATURE_BYTES or not SignedProposal(proposal, block.seal).verify(self.chain_id, key):
+            raise InvalidBlock("the seal is not the proposer's signature of this block")
+        if not verify(key, body.reveal, reveal_signing_bytes(self.chain_id, self.epoch_of(slot))):
+            raise InvalidBlock("the reveal is not the proposer's signature of the epoch")
+
+    def process_body(self, state: State, block: Block, parent: Any, tree: Any) -> None:
+        s: PosState = state.engine
+        header = block.header
+        try:
+            body = decode_body(block.consensus)
+        except DecodeError as exc:
+            raise InvalidBlock(f"malformed proof-of-stake body: {exc}") from None
+        # The latest block's own checkpoints are known now: it is our parent.
+        for epoch in s.pending_boundaries:
+            s.boundary_roots[epoch] = header.parent
+        s.pending_boundaries = []
+        slot = self.slot_of(header)
+        epoch = self.epoch_of(slot)
+        for boundary in range(s.epoch + 1, epoch + 1):
+            self._epoch_transition(state, s, boundary)
+        # Checkpoints of the epochs this block's slot gap crosses: the parent, or this block.
+        for e in range(self.epoch_of(s.slot) + 1, epoch + 1):
+            if self.params.first_slot(e) == slot:
+                s.pending_boundaries.append(e)
+            else:
+                s.boundary_roots[e] = header.parent
+        s.slot = slot
+        # The proposer is the one the seed and the stakes chose for this slot.
+        expected = select_proposer(s.seed_for(epoch), slot, s.active())
+        if body.proposer != expected:
+            raise InvalidBlock(f"slot {slot} belongs to validator {expected}, not {body.proposer}")
+        proposer = s.validators[body.proposer]
+        if header.producer != address_of(proposer.public_key):
+            raise InvalidBlock("the producer is not the proposer's address")
+        s.seed = mix_seed(s.seed, body.reveal)
+        # The includer earns a share of each vote's reward (new coins) and the
+        # whistleblower's part of each slashing penalty (coins that left a stake).
+        issued = sum(self._include_attestation(s, a, slot, epoch) for a in body.attestations)
+        whistle = 0
+        for evidence in body.proposer_slashings:
+            whistle += self._slash(state, s, self._check(check_proposer_slashing, evidence, s), epoch)
+        for evidence in body.attester_slashings:
+            whistle += self._slash(state, s, self._check(check_attester_slashing, evidence, s), epoch)
+        if issued or whistle:
+            _credit(state, header.producer, issued + whistle)
+            state.issued += issued
+
+    def _check(self, check: Any, evidence: Any, s: PosState) -> int:
+        try:
+            return check(evidence, self.chain_id, s.public_key_of)
+        except InvalidEvidence as exc:
+            raise InvalidBlock(f"invalid slashing evidence: {exc}") from None
+
+    def _include_attestation(self, s: PosState, a: Attestation, slot: int, epoch: int) -> int:
+        """Count one vote; returns the includer's reward for it (new coins, to be issued)."""
+        p = self.params
+        d = a.data
+        key = s.public_key_of(a.validator)
+        if key is None or not is_active(s.validators[a.validator].status):
+            raise InvalidBlock(f"attestation by {a.validator}, who is not an active validator")
+        if not (d.slot < slot and slot - d.slot <= p.slots_per_epoch):
+            raise InvalidBlock(f"attestation of slot {d.slot} is outside the inclusion window of slot {slot}")
+        target_epoch = self.epoch_of(d.slot)
+        if d.target.epoch != target_epoch or target_epoch not in (epoch, epoch - 1):
+            raise InvalidBlock(f"attestation target epoch {d.target.epoch} does not fit its slot {d.slot}")
+        source = s.ffg.current_justified if target_epoch == epoch else s.ffg.previous_justified
+        if d.source != source:
+            raise InvalidBlock(f"attestation source {d.source.epoch} is not the justified checkpoint {source.epoch}")
+        # Validators vote every slot (the head moves); one vote per validator and slot
+        # goes on chain, and the first with the epoch's link counts for FFG and rewards.
+        slot_key = a.validator * p.slots_per_epoch + d.slot % p.slots_per_epoch
+        voted = s.voted.setdefault(target_epoch, set())
+        if slot_key in voted:
+            raise InvalidBlock(f"validator {a.validator} already has its vote of slot {d.slot} included")
+        if not a.verify(self.chain_id, key):
+            raise InvalidBlock(f"attestation signature of validator {a.validator} does not verify")
+        voted.add(slot_key)
+        attested = s.attested.setdefault(target_epoch, set())
+        if a.validator in attested or s.boundary_roots.get(target_epoch) != d.target.root:
+            return 0  # counted already, or a vote for another branch's checkpoint: no reward
+        attested.add(a.validator)
+        return p.attestation_reward * p.proposer_reward_percent // 100
+
+    def _slash(self, state: State, s: PosState, offender: int, epoch: int) -> int:
+        v = s.validators[offender]
+        if not is_slashable(v.status):
+            raise InvalidBlock(f"validator {offender} cannot be slashed again ({v.status.name})")
+        slashed, penalty, reward = on_slashed(v, epoch, self.params)
+        s.validators[offender] = slashed
+        state.burned += penalty - reward
+        for votes in s.attested.values():
+            votes.discard(offender)  # a slashed validator's votes no longer count
+        return reward  # paid to the includer; it left the stake, so it is not new issuance
+
+    def _epoch_transition(self, state: State, s: PosState, epoch: int) -> None:
+        """Boundary into `epoch`: FFG, rewards and leak, lifecycle, seeds."""
+        p = self.params
+        ended = epoch - 1
+        total = s.active_stake()
+        if ended >= 1:
+            s.ffg = weigh_justification_and_finalization(
+                s.ffg, ended, total,
+                s.stake_of(s.attested.get(ended - 1, set())), s.stake_of(s.attested.get(ended, set())),
+                Checkpoint(ended - 1, s.boundary_roots.get(ended - 1, GENESIS_ROOT)),
+                Checkpoint(ended, s.boundary_roots.get(ended, GENESIS_ROOT)),
+            )
+        # Votes for the epoch before the one that ended can no longer be included: settle them.
+        settled = ended - 1
+        if settled >= 0:
+            stalled = ended - s.ffg.finalized.epoch
+            leaking = stalled > p.inactivity_leak_after_epochs
+            good = s.attested.get(settled, set())
+            for i, v in enumerate(s.validators):
+                if not is_active(v.status) or v.activation_epoch > settled:
+                    continue
+                if i in good:
+                    if not leaking:
+                        _credit(state, address_of(v.public_key), p.attestation_reward)
+                        state.issued += p.attestation_reward
+                elif leaking:
+                    penalty = min(v.stake, v.stake * stalled // p.inactivity_penalty_quotient)
+                    s.validators[i] = v._replace(stake=v.stake - penalty)
+                    state.burned += penalty
+        # The lifecycle: activations, exits below the minimum, unbonding over, withdrawals.
+        s.validators = process_epoch(s.validators, epoch, p)
+        for i, v in enumerate(s.validators):
+            if v.status is Status.WITHDRAWABLE:
+                s.validators[i], amount = on_withdrawn(v)
+                _credit(state, address_of(v.public_key), amount)
+        s.epoch_seeds[ended] = s.seed
+        s.epoch = epoch
+        for kept in (s.epoch_seeds, s.boundary_roots, s.voted, s.attested):
+            for old in [e for e in kept if 0 <= e < epoch - EPOCHS_KEPT]:
+                del kept[old]
+
+    # --- fork choice and finality ----------------------------------------------------------------
+
+    def block_score(self, header: BlockHeader) -> int:
+        return 1  # a branch's score is its length; fork choice weighs votes, not this
+
+    def choose_head(self, tree: Any, added: Any) -> Any:
+        fc = self._fork_choice(tree)
+        if added is not None:
+            fc.on_block(added.hash, added.header.parent, self.slot_of(added.header))
+            body = decode_body(added.block.consensus)
+            for a in body.attestations:
+                fc.on_attestation(a.validator, a.data.target.epoch, a.data.head)
+            s: PosState = added.state.engine
+            for i, v in enumerate(s.validators):
+                if v.slashed:
+                    fc.on_equivocation(i)
+            justified = s.ffg.current_justified
+            if justified.epoch > fc.justified.epoch:
+                root = self._resolve(tree, justified.root)
+                if root in fc:
+                    fc.set_justified(Checkpoint(justified.epoch, root))
+                    fc.set_balances(dict(s.active()))
+        return tree.get(fc.head()) or tree.head
+
+    def _fork_choice(self, tree: Any) -> ForkChoice:
+        if self.fork_choice is None:
+            genesis = tree.genesis_entry
+            self.fork_choice = ForkChoice(genesis.hash, 0)
+            self.fork_choice.set_balances(dict(genesis.state.engine.active()))
+        return self.fork_choice
+
+    def _resolve(self, tree: Any, root: bytes) -> bytes:
+        return tree.genesis_entry.hash if root == GENESIS_ROOT else root
+
+    def final_height(self, tree: Any) -> int:
+        finalized = tree.head.state.engine.ffg.finalized
+        entry = tree.get(self._resolve(tree, finalized.root))
+        return entry.height if entry is not None else tree.final_height
+
+    def status(self, tree: Any) -> dict:
+        s: PosState = tree.head.state.engine
+        ffg = s.ffg
+        return {
+            "engine": self.name,
+            "slot": s.slot,
+            "epoch": s.epoch,
+            "justified": {"epoch": ffg.current_justified.epoch, "root": self._resolve(tree, ffg.current_justified.root).hex()},
+            "finalized": {"epoch": ffg.finalized.epoch, "root": self._resolve(tree, ffg.finalized.root).hex()},
+            "validators": len(s.validators),
+            "active_stake": s.active_stake(),
+            "slot_ms": self.params.slot_ms,
+            "slots_per_epoch": self.params.slots_per_epoch,
+        }
+
+    # --- duties (for producers and tests) ------------------------------------------------------
+
+    def proposer_at(self, parent_state: State, slot: int) -> int:
+        """Who proposes `slot` on top of `parent_state` (epoch transitions applied to a copy)."""
+        state = parent_state.copy()
+        s: PosState = state.engine
+        epoch = self.epoch_of(slot)
+        for boundary in range(s.epoch + 1, epoch + 1):
+            self._epoch_transition(state, s, boundary)
+        return select_proposer(s.seed_for(epoch), slot, s.active())
+
+
+def _credit(state: State, address: bytes, amount: int) -> None:
+    account = state.get(address)
+    state.accounts[address] = Account(account.balance + amount, account.nonce)
+
+
+def attestation_data(engine: PosEngine, head: Any, slot: int) -> AttestationData:
+    """What an honest validator whose head is `head` votes for in `slot` (Gasper): the head,
+    its justified checkpoint as of the slot's epoch, and the epoch's checkpoint on its branch."""
+    state = head.state.copy()
+    s: PosState = state.engine
+    epoch = engine.epoch_of(slot)
+    for boundary in range(s.epoch + 1, epoch + 1):
+        engine._epoch_transition(state, s, boundary)
+    if epoch == 0:
+        target_root = GENESIS_ROOT
+    elif engine.params.first_slot(epoch) > s.slot or epoch in s.pending_boundaries:
+        target_root = head.hash  # the head is the latest block at or before the epoch's start
+    else:
+        target_root = s.boundary_roots[epoch]
+    return AttestationData(slot, head.hash, s.ffg.current_justified, Checkpoint(epoch, target_root))
