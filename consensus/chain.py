@@ -69,7 +69,7 @@ class Entry:
 class Added:
     """What adding a block did."""
 
-    entry: Entry
+    entry: Entry  # the block added (for reconsider_head: the new head)
     head_changed: bool
     reverted: tuple[Entry, ...]  # blocks that left the canonical chain, highest first
     applied: tuple[Entry, ...]  # blocks that joined it, lowest first
@@ -243,7 +243,8 @@ class BlockTree:
         best = self.engine.choose_head(self, entry)
         if best is self.head:
             return Added(entry, False, (), ())
-        return self._set_head(best)
+        moved = self._set_head(best)  # under LMD-GHOST the new head need not be this block
+        return Added(entry, True, moved.reverted, moved.applied)
 
     def reconsider_head(self) -> Added | None:
         """Fork choice again without a new block (votes moved the weight); the reorg if

@@ -86,6 +86,9 @@ class NodeConfig:
     heartbeat_ms: int = 250  # the longest the core sleeps without a tick
     generate_blocks_max: int = 1_000  # miner_generate(n): n at most this
     mempool_list_max: int = 1_000
+    # For tests and chaos runs only: make this validator misbehave on purpose
+    # (consensus.pos.producer.BYZANTINE_SWITCHES). Empty, i.e. honest, by default.
+    byzantine: frozenset[str] = frozenset()
 
     def validate(self) -> None:
         self.p2p.validate()
@@ -169,10 +172,13 @@ class Ready:
     replies: list[RpcReply]
     logs: list[dict]
     wake_at_ms: int
+    # The validator's slashing-protection record, when it signed something in this step:
+    # durable before anything of this Ready is sent (a vote or block it covers).
+    persist_protection: bytes | None = None
 
     def empty(self) -> bool:
         return not (self.persist_blocks or self.persist_peers or self.persist_transactions or self.sends or self.closes or self.dials
-                    or self.mining_changed or self.replies or self.logs)
+                    or self.mining_changed or self.replies or self.logs or self.persist_protection)
 
 
 class RpcError(Exception):
@@ -244,6 +250,8 @@ class NodeCore:
         stored_blocks: Iterable[Block] = (),
         stored_transactions: Iterable[Transaction] = (),
         skip_pow_check_for_simulation: bool = False,
+        validator_key: KeyPair | None = None,
+        stored_protection: bytes | None = None,
     ):
         config.validate()
         self.genesis = genesis
@@ -299,6 +307,12 @@ class NodeCore:
         for address in config.bootstrap:
             self.addresses[address] = AddressInfo(persistent=True)
         self._restore(stored_blocks, stored_transactions)
+        # A validator's duties (proof of stake); None where blocks come from mining.
+        self.validator = (self.engine.make_producer(validator_key, stored_protection, config.byzantine)
+                          if validator_key is not None else None)
+        self._persist_protection: bytes | None = None
+        self.blocks_proposed = 0
+        self.votes_made = 0
 
     # === the three calls ===========================================================
 
@@ -340,6 +354,7 @@ class NodeCore:
             persist_blocks=self._persist_blocks,
             persist_peers=self._persist_peers,
             persist_transactions=self._persist_transactions,
+            persist_protection=self._persist_protection,
             sends=sends,
             closes=self._closes,
             dials=self._dials,
@@ -350,6 +365,7 @@ class NodeCore:
             wake_at_ms=self.now_ms + self.config.heartbeat_ms,
         )
         self._persist_blocks, self._persist_peers, self._persist_transactions = [], [], []
+        self._persist_protection = None
         self._closes, self._dials = [], []
         self._replies, self._logs = [], []
         self._mining_changed = False
@@ -428,6 +444,42 @@ class NodeCore:
                 peer.conn.send(status)
         self._dial_more()
         self._sync_from_peers()
+        self._do_duties()
+
+    def _do_duties(self) -> None:
+        """A validator's proposals and votes for the current slot (proof of stake)."""
+        if self.validator is None:
+            return
+        candidates = self.mempool.select(self.tree.head_state(), self.config.block_transactions_max)
+        duties = self.validator.on_tick(self.tree, self.now_ms, candidates, self.config.block_transactions_max)
+        if duties.protection is not None:
+            self._persist_protection = duties.protection  # stored before this Ready's sends
+        for text in duties.refused:
+            self._log("signing_refused", reason=text)
+        for block in duties.blocks:
+            verdict = self._import_block(block, None)
+            if verdict is Verdict.ACCEPT:
+                self.blocks_proposed += 1
+                self._log("block_proposed", height=block.header.height, hash=block.hash.hex(),
+                          transactions=len(block.transactions))
+                self._publish(Topic.BLOCKS, block.encode())
+            else:
+                self._log("proposed_block_refused", height=block.header.height, verdict=verdict.value)
+        for vote in duties.votes:
+            self.votes_made += 1
+            self._on_vote_payload(vote)
+            self._publish(Topic.VOTES, vote)
+        if duties.votes:
+            self._reconsider_head()
+
+    def _on_vote_payload(self, payload: bytes) -> bool | None:
+        return self.engine.on_vote(self.tree, payload)
+
+    def _reconsider_head(self) -> None:
+        """Votes can move the head without a block (LMD-GHOST)."""
+        added = self.tree.reconsider_head()
+        if added is not None:
+            self._on_head_moved(added)
 
     # === connections =====================================================================
 
@@ -662,15 +714,17 @@ class NodeCore:
     # === gossip =================================================================================
 
     def _on_gossip(self, peer: Peer, msg: Gossip) -> None:
-        if msg.topic not in (Topic.TRANSACTIONS, Topic.BLOCKS):
-            return  # topics of other engines: ignored, not an offence
+        if msg.topic not in (Topic.TRANSACTIONS, Topic.BLOCKS, Topic.VOTES):
+            return  # topics nobody here speaks: ignored, not an offence
         msg_id = self.router.on_receive(msg.topic, msg.payload, self.now_ms)
         if msg_id is None:
             return  # a duplicate, counted by the router
         if msg.topic == Topic.TRANSACTIONS:
             verdict = self._on_gossip_transaction(peer, msg.payload)
-        else:
+        elif msg.topic == Topic.BLOCKS:
             verdict = self._on_gossip_block(peer, msg.payload)
+        else:
+            verdict = self._on_gossip_vote(peer, msg.payload)
         if verdict is Verdict.ACCEPT:
             self._forward(msg.topic, msg.payload, exclude=peer.node_id)
 
@@ -724,6 +778,16 @@ class NodeCore:
         self._mempool_dirty = True
         return Verdict.ACCEPT
 
+    def _on_gossip_vote(self, peer: Peer, payload: bytes) -> Verdict:
+        outcome = self._on_vote_payload(payload)
+        if outcome is False:
+            self._penalise(peer, Offence.INVALID_SIGNATURE, "invalid vote")
+            return Verdict.REJECT
+        if outcome is None:
+            return Verdict.IGNORE
+        self._reconsider_head()
+        return Verdict.ACCEPT
+
     def _on_gossip_block(self, peer: Peer, payload: bytes) -> Verdict:
         try:
             block = decode_block(payload)
@@ -774,16 +838,18 @@ class NodeCore:
 
     def _on_block_added(self, added: Added) -> None:
         self._persist_blocks.append(added.entry.block)
-        if not added.head_changed:
-            return
+        if added.head_changed:
+            self._on_head_moved(added)
+
+    def _on_head_moved(self, added: Added) -> None:
         self._note_reorg(added)
         readmitted = self.mempool.on_head_changed(added, self.tree.head_state(), self.genesis.chain_id, self.tree.params)
         for tx in readmitted:
             self._forward(Topic.TRANSACTIONS, tx.encode(), exclude=None)
         self._work_dirty = True
-        block = added.entry.block
-        self._log("new_head", height=added.entry.height, hash=added.entry.hash.hex(),
-                  transactions=len(block.transactions), block_timestamp_ms=block.header.timestamp_ms)
+        head = self.tree.head
+        self._log("new_head", height=head.height, hash=head.hash.hex(),
+                  transactions=len(head.block.transactions), block_timestamp_ms=head.header.timestamp_ms)
         if added.reorg_depth:
             self._log("reorg", depth=added.reorg_depth, old_head=added.reverted[0].hash.hex(),
                       new_head=self.tree.head.hash.hex(), height=self.tree.head.height)
@@ -899,7 +965,7 @@ class NodeCore:
     # === mining ======================================================================================
 
     def _maybe_refresh_work(self) -> None:
-        wants = self.mining_enabled or bool(self.generate_pending)
+        wants = self.engine.minable and (self.mining_enabled or bool(self.generate_pending))
         if not wants:
             if self.work is not None:
                 self.work = None

@@ -12,6 +12,7 @@ from consensus.crypto import ADDRESS_BYTES, HASH_BYTES
 from consensus.errors import DecodeError, InvalidTransaction
 from consensus.types import Block, Transaction, decode_transaction
 from node.core import (
+    APP_ERROR,
     DEFERRED,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
@@ -324,12 +325,16 @@ def consensus_status(core: NodeCore, call: RpcCalled) -> Any:
 def miner_generate(core: NodeCore, call: RpcCalled) -> Any:
     (count,) = _params(call, ["n"], 1)
     count = _int(count, "n", 1, core.config.generate_blocks_max)
+    if not core.engine.minable:
+        raise RpcError(APP_ERROR, f"this is a {core.engine.name} chain: blocks come from its validators, not from mining")
     core.generate_pending.append([call.request_id, count, []])
     return DEFERRED
 
 
 def miner_start(core: NodeCore, call: RpcCalled) -> Any:
     _params(call, [], 0)
+    if not core.engine.minable:
+        raise RpcError(APP_ERROR, f"this is a {core.engine.name} chain: blocks come from its validators, not from mining")
     core.mining_enabled = True
     return {"mining": True}
 

@@ -54,6 +54,7 @@ class MemoryStore:
     peers: list[str] = field(default_factory=list)
     transactions: list[Transaction] = field(default_factory=list)
     transactions_max: int = 20_000
+    protection: bytes | None = None  # a validator's slashing-protection record
 
 
 @dataclass
@@ -63,6 +64,7 @@ class SimNode:
     config: NodeConfig
     hashrate: float  # hashes per second of this node's simulated miner
     store: MemoryStore = field(default_factory=MemoryStore)
+    validator: KeyPair | None = None  # proof of stake: this node's validator key
     core: NodeCore | None = None
     up: bool = True
     incarnation: int = 0  # bumped at each crash, so stale timers are ignored
@@ -95,6 +97,7 @@ class Cluster:
         hashrates: list[float] | None = None,
         config_for: Callable[[int, list[str]], NodeConfig] | None = None,
         start_ms: int | None = None,
+        validator_keys: list[KeyPair | None] | None = None,
     ):
         self.genesis = genesis
         self.seed = seed
@@ -118,7 +121,8 @@ class Cluster:
         self.nodes: list[SimNode] = []
         for i in range(node_count):
             config = config_for(i, addresses) if config_for else default_config(i, addresses)
-            self.nodes.append(SimNode(i, KeyPair.derive(f"sim-{seed}", "node", i), config, hashrates[i]))
+            self.nodes.append(SimNode(i, KeyPair.derive(f"sim-{seed}", "node", i), config, hashrates[i],
+                                      validator=validator_keys[i] if validator_keys else None))
         # Boot only once every node exists, so early dials find their targets.
         for node in self.nodes:
             self._boot(node)
@@ -197,6 +201,8 @@ class Cluster:
         if ready.persist_transactions:
             node.store.transactions.extend(ready.persist_transactions)
             del node.store.transactions[: -node.store.transactions_max]
+        if ready.persist_protection is not None:
+            node.store.protection = ready.persist_protection
         # 2. send.
         for conn_id, data in ready.sends:
             self._send(conn_id, data)
@@ -304,6 +310,8 @@ class Cluster:
             stored_blocks=list(node.store.blocks),
             stored_transactions=list(node.store.transactions),
             skip_pow_check_for_simulation=True,
+            validator_key=node.validator,
+            stored_protection=node.store.protection,
         )
         for address in node.store.peers:
             node.core.add_peer_address(address)

@@ -49,10 +49,33 @@ def view_of_core(name: str, core) -> ChainView:
         total_balance=state.total_balance(),
         expected_supply=state.expected_supply(),
         issued=state.issued,
-        expected_issued=tree.params.block_reward * tree.head.height,
+        # Block rewards, plus what the engine issued itself (proof of stake: vote rewards).
+        expected_issued=tree.params.block_reward * tree.head.height + (state.engine.issued if state.engine else 0),
         final_height=tree.final_height,
         head_state_root=state.root(),
+        extra={"slashed": state.engine.slashed() if state.engine is not None else []},
     )
+
+
+def check_finalized_agree(views: list[ChainView]) -> Verdict:
+    """No two nodes hold conflicting final blocks: the lower final block is on the other's chain."""
+    name = "no conflicting final (finalized) blocks"
+    for a in views:
+        for b in views:
+            h = min(a.final_height, b.final_height)
+            if h < len(a.hashes) and h < len(b.hashes) and a.hashes[h] != b.hashes[h]:
+                return Verdict(name, False, f"{a.node} and {b.node} differ at final height {h}")
+    return Verdict(name, True, "final heights " + ", ".join(f"{v.node}={v.final_height}" for v in views))
+
+
+def check_no_honest_slashed(views: list[ChainView], byzantine: set[int]) -> Verdict:
+    name = "no honest validator slashed"
+    for v in views:
+        honest = sorted(set(v.extra.get("slashed", [])) - byzantine)
+        if honest:
+            return Verdict(name, False, f"{v.node} holds honest validators {honest} slashed")
+    slashed = sorted({i for v in views for i in v.extra.get("slashed", [])})
+    return Verdict(name, True, f"slashed: {slashed or 'none'}; byzantine: {sorted(byzantine) or 'none'}")
 
 
 def check_common_prefix(views: list[ChainView], k: int) -> Verdict:

@@ -7,16 +7,19 @@ checks. Every random draw comes from generators seeded by the run seed.
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from consensus.presets import account_key, make_genesis
+from consensus.presets import account_key, make_genesis, validator_key
 from consensus.types import TX_TRANSFER, Transaction
-from sim.cluster import Cluster
+from node.core import NodeConfig
+from sim.cluster import Cluster, default_config
 from sim.invariants import (
     ChainView,
     Verdict,
     check_common_prefix,
+    check_finalized_agree,
+    check_no_honest_slashed,
     check_heads_agree,
     check_identical_at_equal_heights,
     check_no_double_apply,
@@ -35,6 +38,7 @@ DRAIN_MS = 5_000  # mining stops this long before the end so the last blocks can
 @dataclass
 class SimConfig:
     consensus: str = "pow"
+    byzantine: dict[int, tuple[str, ...]] = field(default_factory=dict)  # node -> switches (tests, chaos)
     nodes: int = 4
     seed: int = 1
     duration_s: float = 60.0
@@ -283,22 +287,42 @@ class RunChecks:
 def run_simulation(config: SimConfig) -> SimResult:
     wall_start = time.perf_counter()
     seed_text = f"sim-{config.seed}"
-    genesis = make_genesis(
-        consensus=config.consensus, preset="minimal", seed=seed_text, accounts=config.accounts,
-        overrides={"target_spacing_ms": config.block_interval_ms},
-    )
-    # Equal shares of a total rate that, at the genesis difficulty, gives the target spacing.
-    from consensus.pow.difficulty import compact_to_target, work_of_target
-    from consensus.params import params_from
-    from consensus.pow.params import PowParams
+    # Building the network is where the two engines differ: miners with hashrates, or
+    # validators with keys and stakes. Everything after runs the same node code.
+    if config.consensus == "pos":
+        genesis = make_genesis(consensus="pos", preset="minimal", seed=seed_text, accounts=config.accounts,
+                               validators=config.nodes, overrides={"slot_ms": config.block_interval_ms})
+        hashrates = [0.0] * config.nodes
+        validators = [validator_key(seed_text, i) for i in range(config.nodes)]
+    else:
+        genesis = make_genesis(
+            consensus=config.consensus, preset="minimal", seed=seed_text, accounts=config.accounts,
+            overrides={"target_spacing_ms": config.block_interval_ms},
+        )
+        # Equal shares of a total rate that, at the genesis difficulty, gives the target spacing.
+        from consensus.pow.difficulty import compact_to_target, work_of_target
+        from consensus.params import params_from
+        from consensus.pow.params import PowParams
 
-    pow_params = params_from(PowParams, genesis)
-    total_rate = work_of_target(compact_to_target(pow_params.genesis_bits)) * 1000 / pow_params.target_spacing_ms
-    hashrates = config.hashrates or [total_rate / config.nodes] * config.nodes
-    cluster = Cluster(genesis, config.nodes, config.seed, hashrates=hashrates)
+        pow_params = params_from(PowParams, genesis)
+        total_rate = work_of_target(compact_to_target(pow_params.genesis_bits)) * 1000 / pow_params.target_spacing_ms
+        hashrates = config.hashrates or [total_rate / config.nodes] * config.nodes
+        validators = None
+    config_for = None
+    if config.byzantine:
+        def config_for(i: int, addresses: list[str]) -> NodeConfig:
+            base = default_config(i, addresses)
+            return replace(base, byzantine=frozenset(config.byzantine.get(i, ())))
+    cluster = Cluster(genesis, config.nodes, config.seed, hashrates=hashrates, validator_keys=validators,
+                      config_for=config_for)
     rng = random.Random(f"{config.seed}/scenario")
     start = cluster.now_ms
     end = start + int(config.duration_s * 1000)
+    if config.consensus == "pos":
+        # End mid-slot: the slot's block has spread and its votes are out, so "all heads
+        # agree" checks convergence, not a proposal still on the wire.
+        slot_ms = config.block_interval_ms
+        end += (slot_ms // 2 - (end - genesis.timestamp_ms) % slot_ms) % slot_ms
     quiet = max(config.quiet_min_s * 1000, config.duration_s * 1000 * config.quiet_fraction)
     heal = max(start, end - int(quiet))
     faults = FaultPlan(cluster, config, rng, start + min(5_000, (heal - start) // 5), heal)
@@ -329,6 +353,8 @@ def run_simulation(config: SimConfig) -> SimResult:
         # fast, which makes its branch strictly heaviest; then "all heads agree" checks
         # convergence, not propagation delay or a standing tie.
         up = c.up_nodes()
+        if not up or not up[0].core.engine.minable:
+            return  # validators need no tie-breaker: votes settle the head in the quiet period
         for node in up:
             c.rpc(node.index, "miner_stop")
         breaker = max(up, key=lambda n: (n.core.tree.head.score, -n.index))
@@ -347,6 +373,8 @@ def run_simulation(config: SimConfig) -> SimResult:
         check_no_double_apply(views),
         check_no_included_lost(views, deep),
         check_heads_agree(views),
+        check_finalized_agree(views),
+        check_no_honest_slashed(views, set(config.byzantine)),
         Verdict("checks after every event (supply, final blocks)", not checks.failures,
                 "; ".join(checks.failures[:3]) or f"{cluster.events_processed} events checked"),
     ]

@@ -1,24 +1,34 @@
 """Slashing (consensus/pos/slashing.py) and slashing protection (consensus/pos/protection.py).
 
+What is slashable is a vote's FFG link (source checkpoint -> target checkpoint), not
+its slot or head: validators attest every slot, with one link per epoch.
+
 What and how:
 - The three conditions as truth tables: each row gives two votes (source and target
-  epochs, roots) or two proposals and whether they are a double vote, a surround vote,
-  a double proposal. The rows include the near misses that must NOT be slashable
-  (the same vote twice, equal sources, a shared boundary, other slots, other
-  validators); every row is also checked with its two sides swapped.
+  checkpoints, head, slot) or two proposals and whether they are a double vote, a
+  surround vote, a double proposal. The rows include the near misses that must NOT be
+  slashable (the same vote twice, votes of one link that differ only in slot and/or
+  head, equal sources, a shared boundary, other slots, other validators) and the
+  double votes that differ only in a root (target root, source root); every row is
+  also checked with its two sides swapped.
 - Evidence checks with real Ed25519 signatures: good evidence names the offender;
-  tampered, misattributed, wrong-chain and non-conflicting evidence is refused with
-  the rule it broke in the message.
-- The detector on gossip sequences: honest traffic gives nothing, one offence gives
-  exactly one piece of evidence (which then passes the evidence check), surrounds are
-  found across many epochs, the window forgets old votes, and nothing is reported twice.
-- The protection record: its rules one by one, encode/decode, and a hypothesis
-  property: whatever sequence of signing requests it accepts (with crashes and
-  reloads in between) contains no slashable pair. A deliberately lax record shows
-  that the property can fail.
+  tampered, misattributed, wrong-chain and non-conflicting evidence (per-slot votes of
+  one link included) is refused with the rule it broke in the message.
+- The detector on gossip sequences: honest traffic (a vote every slot, one link per
+  epoch, seen twice) gives nothing and keeps one vote per epoch; one offence (a second
+  link for a target epoch) gives exactly one piece of evidence, which then passes the
+  evidence check; surrounds are found across many epochs, the window forgets old
+  votes, and nothing is reported twice.
+- The protection record: its rules one by one (the same link in later slots is
+  allowed, another link for the same target epoch is not), encode/decode, and a
+  hypothesis property: whatever sequence of signing requests it accepts (with repeated
+  links, crashes and reloads in between) contains no slashable pair, and a repeat of
+  the last signed link is always accepted. Deliberately lax records show that the
+  property can fail.
 """
 
 import itertools
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -34,6 +44,7 @@ from consensus.pos.slashing import (
     SlashingDetector,
     check_attester_slashing,
     check_proposer_slashing,
+    get_link,
     is_double_proposal,
     is_double_vote,
     is_slashable_attestation_pair,
@@ -91,9 +102,13 @@ def tamper(signature: bytes) -> bytes:
 VOTE_TABLE = [
     # Slashable
     ("double: other target root", vote(1, 2, "A"), vote(1, 2, "B"), True, False),
+    ("double: other target root, other slots", vote(1, 2, "A", slot=8), vote(1, 2, "B", slot=9), True, False),
+    ("double: other target root, same slot and head", vote(1, 2, "A", slot=8, head="X"),
+     vote(1, 2, "B", slot=8, head="X"), True, False),
+    ("double: other source root, same epochs", vote(1, 2, source_root="P"), vote(1, 2, source_root="Q"), True, False),
+    ("double: other source root, other slots and heads", vote(1, 2, source_root="P", slot=8, head="X"),
+     vote(1, 2, source_root="Q", slot=10, head="Y"), True, False),
     ("double: other source, same target", vote(0, 2), vote(1, 2), True, False),
-    ("double: other head only", vote(1, 2, head="X"), vote(1, 2, head="Y"), True, False),
-    ("double: other slot only", vote(1, 2, slot=8), vote(1, 2, slot=9), True, False),
     ("double: inner shares the outer target", vote(0, 5), vote(2, 5), True, False),
     ("surround: a surrounds b", vote(1, 4), vote(2, 3), False, True),
     ("surround: b surrounds a", vote(2, 3), vote(1, 4), False, True),
@@ -101,6 +116,9 @@ VOTE_TABLE = [
     ("surround: inner source == inner target", vote(0, 3), vote(1, 1), False, True),
     # Near misses: not slashable
     ("same vote twice", vote(1, 2), vote(1, 2), False, False),
+    ("same link, other head only", vote(1, 2, head="X"), vote(1, 2, head="Y"), False, False),
+    ("same link, other slot only", vote(1, 2, slot=8), vote(1, 2, slot=9), False, False),
+    ("same link, other slot and head", vote(1, 2, slot=8, head="X"), vote(1, 2, slot=11, head="Y"), False, False),
     ("equal sources, targets differ", vote(1, 3), vote(1, 4), False, False),
     ("equal source epochs, b.target < a.target", vote(1, 4), vote(1, 3), False, False),
     ("equal source epochs, other source roots", vote(1, 4, source_root="P"), vote(1, 3, source_root="Q"), False, False),
@@ -177,8 +195,12 @@ def test_proposer_slashing_of_an_unknown_validator_is_refused() -> None:
         check_proposer_slashing(evidence, CHAIN, {0: KEYS[0].public_key}.get)
 
 
-@pytest.mark.parametrize(("a", "b"), [(vote(1, 2, "A"), vote(1, 2, "B")), (vote(1, 4), vote(2, 3)), (vote(2, 3), vote(1, 4))],
-                         ids=["double vote", "surrounding", "surrounded"])
+@pytest.mark.parametrize(("a", "b"), [
+    (vote(1, 2, "A"), vote(1, 2, "B")),
+    (vote(1, 2, source_root="P", slot=8), vote(1, 2, source_root="Q", slot=9)),
+    (vote(1, 4), vote(2, 3)),
+    (vote(2, 3), vote(1, 4)),
+], ids=["double vote: target root", "double vote: source root", "surrounding", "surrounded"])
 def test_good_attester_slashing_names_the_offender(a: AttestationData, b: AttestationData) -> None:
     evidence = AttesterSlashing(attest(1, a), attest(1, b))
     assert check_attester_slashing(evidence, CHAIN, PUBLIC_KEYS.get) == 1
@@ -186,7 +208,9 @@ def test_good_attester_slashing_names_the_offender(a: AttestationData, b: Attest
 
 @pytest.mark.parametrize(("evidence", "message"), [
     (AttesterSlashing(attest(1, vote(1, 2, "A")), attest(2, vote(1, 2, "B"))), "two validators, 1 and 2"),
-    (AttesterSlashing(attest(1, vote(1, 2)), attest(1, vote(1, 2))), "the same vote"),
+    (AttesterSlashing(attest(1, vote(1, 2)), attest(1, vote(1, 2))), "the same FFG link"),
+    (AttesterSlashing(attest(1, vote(1, 2, slot=8, head="X")), attest(1, vote(1, 2, slot=9, head="Y"))),
+     r"the same FFG link 1:53000000->2:54000000 \(slots 8 and 9\)"),
     (AttesterSlashing(attest(1, vote(1, 2)), attest(1, vote(2, 3))), "neither a double vote"),
     (AttesterSlashing(attest(1, vote(1, 4)), attest(1, vote(1, 3))), "neither a double vote"),
     (AttesterSlashing(attest(1, vote(1, 2, "A")), attest(1, vote(1, 2, "B"), key=KEYS[0])),
@@ -196,7 +220,7 @@ def test_good_attester_slashing_names_the_offender(a: AttestationData, b: Attest
      "attestation b is not signed"),
     # A valid signature on a different vote: the data was swapped after signing.
     (AttesterSlashing(attest(1, vote(1, 4))._replace(data=vote(0, 4)), attest(1, vote(2, 3))), "attestation a is not signed"),
-], ids=["two validators", "same vote", "shared boundary", "equal sources", "wrong key", "wrong chain",
+], ids=["two validators", "same vote", "per-slot votes of one link", "shared boundary", "equal sources", "wrong key", "wrong chain",
         "tampered signature", "swapped data"])
 def test_bad_attester_slashing_is_refused(evidence: AttesterSlashing, message: str) -> None:
     with pytest.raises(InvalidEvidence, match=message):
@@ -218,8 +242,10 @@ def test_invalid_evidence_is_a_validation_error() -> None:
 
 
 def honest_votes(validators: range, epochs: range) -> list[Attestation]:
-    """Each validator votes once per epoch, justified epoch e-1 -> target e, as honest ones do."""
-    return [attest(v, vote(max(0, e - 1), e, target_root=f"T{e}", source_root=f"T{e - 1}")) for e in epochs for v in validators]
+    """Each validator votes in every slot, as honest ones do: the head changes slot by
+    slot, the link stays the same all epoch (justified epoch e-1 -> target e)."""
+    return [attest(v, vote(max(0, e - 1), e, target_root=f"T{e}", source_root=f"T{e - 1}", head=f"H{slot}", slot=slot))
+            for e in epochs for slot in range(e * SLOTS_PER_EPOCH, (e + 1) * SLOTS_PER_EPOCH) for v in validators]
 
 
 def test_honest_traffic_gives_no_evidence_even_when_seen_twice() -> None:
@@ -235,18 +261,46 @@ def test_honest_traffic_gives_no_evidence_even_when_seen_twice() -> None:
         assert detector.on_proposal(signed) is None
 
 
-def test_a_double_vote_in_gossip_gives_exactly_one_evidence() -> None:
+def test_per_slot_votes_of_one_link_give_no_evidence_and_keep_one_vote() -> None:
+    detector = SlashingDetector(SLOTS_PER_EPOCH, epochs_kept_max=8)
+    detector.on_epoch(3)
+    # Validator 1's votes of epoch 3, one per slot, each with another head, in any order.
+    votes = [attest(1, vote(2, 3, "T3", "T2", head=f"H{slot}", slot=slot)) for slot in range(12, 16)]
+    for attestation in votes + votes[1:][::-1]:
+        assert detector.on_attestation(attestation) is None
+    assert detector.stored_count() == 1
+    # A second link for target epoch 3 is caught against the vote kept for the link: the first seen.
+    rival = attest(1, vote(2, 3, "rival", "T2", slot=15))
+    evidence = detector.on_attestation(rival)
+    assert evidence == AttesterSlashing(votes[0], rival)
+    assert check_attester_slashing(evidence, CHAIN, PUBLIC_KEYS.get) == 1
+
+
+# A second link for target epoch 6 beside the honest T5@5 -> T6@6, by what differs.
+RIVAL_LINKS = {
+    "other target root": vote(5, 6, target_root="rival", source_root="T5"),
+    "other source root, same epochs": vote(5, 6, target_root="T6", source_root="rival"),
+    "other source epoch": vote(4, 6, target_root="T6", source_root="T4"),
+}
+
+
+@pytest.mark.parametrize("rival_first", [False, True])
+@pytest.mark.parametrize("rival_link", RIVAL_LINKS.values(), ids=RIVAL_LINKS.keys())
+def test_a_second_link_for_a_target_epoch_gives_exactly_one_evidence(rival_link: AttestationData,
+                                                                     rival_first: bool) -> None:
     detector = SlashingDetector(SLOTS_PER_EPOCH, epochs_kept_max=8)
     found = []
     for epoch in range(10):
         detector.on_epoch(epoch)
         traffic = honest_votes(range(4), range(epoch, epoch + 1))
-        if epoch == 6:  # validator 2 also votes for a rival target in epoch 6, and resends it
-            rival = attest(2, vote(5, 6, target_root="rival", source_root="T5"))
-            traffic += [rival, rival, traffic[2]]
+        if epoch == 6:  # validator 2 also votes the rival link in every slot of epoch 6, and resends it
+            rivals = [attest(2, rival_link._replace(slot=slot, head=root(f"R{slot}")))
+                      for slot in range(6 * SLOTS_PER_EPOCH, 7 * SLOTS_PER_EPOCH)]
+            traffic = rivals + traffic + rivals if rival_first else traffic + rivals + traffic
         found += [e for e in map(detector.on_attestation, traffic) if e is not None]
     assert len(found) == 1
     assert check_attester_slashing(found[0], CHAIN, PUBLIC_KEYS.get) == 2
+    assert is_double_vote(found[0].a.data, found[0].b.data)
 
 
 def test_a_double_proposal_gives_exactly_one_evidence() -> None:
@@ -289,6 +343,7 @@ def test_votes_older_than_the_window_are_forgotten() -> None:
 
 
 def test_the_window_bounds_memory() -> None:
+    """A vote every slot, yet one vote per validator and epoch is kept (plus the proposals)."""
     window, validators = 8, 4
     detector = SlashingDetector(SLOTS_PER_EPOCH, epochs_kept_max=window)
     for epoch in range(200):
@@ -351,6 +406,12 @@ def test_an_offender_slashed_by_others_is_ignored() -> None:
 KEY = KEYS[0].public_key
 
 
+def link(source: int, target: int, target_root: str = "T", source_root: str = "S") -> tuple[Checkpoint, Checkpoint]:
+    """The FFG link (source, target) that vote() with the same arguments carries."""
+    data = vote(source, target, target_root, source_root)
+    return data.source, data.target
+
+
 def test_protection_proposals_need_a_higher_slot() -> None:
     record = ProtectionRecord.empty(CHAIN, KEY).record_proposal(0)
     with pytest.raises(Refused, match="already proposed at slot 0"):
@@ -363,38 +424,59 @@ def test_protection_proposals_need_a_higher_slot() -> None:
     assert record.last_proposal_slot == 5  # records are values: the old one is unchanged
 
 
-@pytest.mark.parametrize(("source", "target", "message"), [
-    (3, 4, "already attested to target epoch 4"),  # the same vote again
-    (3, 3, "already attested to target epoch 4"),  # an older target
-    (2, 5, "already attested from source epoch 3"),  # would surround 3->4
-    (4, 3, "source after target"),
-])
-def test_protection_refuses_votes_that_could_conflict(source: int, target: int, message: str) -> None:
-    record = ProtectionRecord.empty(CHAIN, KEY).record_attestation(3, 4)
+@pytest.mark.parametrize(("new", "message"), [
+    (link(3, 4, target_root="B"), "already attested to target epoch 4 with link 3:53000000->4:54000000"),
+    (link(3, 4, source_root="P"), "already attested to target epoch 4 with link"),
+    (link(2, 4), "already attested to target epoch 4 with link"),  # another source epoch, same target
+    (link(3, 3), r"already attested to target epoch 4 \("),  # an older target
+    (link(2, 5), "already attested from source epoch 3"),  # would surround 3->4
+    (link(4, 3), "source after target"),
+], ids=["other target root", "other source root", "other source epoch", "older target", "surrounding",
+        "source after target"])
+def test_protection_refuses_votes_that_could_conflict(new: tuple[Checkpoint, Checkpoint], message: str) -> None:
+    record = ProtectionRecord.empty(CHAIN, KEY).record_attestation(*link(3, 4))
     with pytest.raises(Refused, match=message):
-        record.check_attestation(source, target)
+        record.check_attestation(*new)
     with pytest.raises(Refused, match=message):
-        record.record_attestation(source, target)
+        record.record_attestation(*new)
 
 
-@pytest.mark.parametrize(("source", "target"), [(3, 5), (4, 5), (4, 9), (9, 9)])
-def test_protection_allows_later_votes(source: int, target: int) -> None:
-    record = ProtectionRecord.empty(CHAIN, KEY).record_attestation(3, 4).record_attestation(source, target)
-    assert (record.last_source_epoch, record.last_target_epoch) == (source, target)
+def test_protection_allows_the_same_link_in_every_slot_of_the_epoch() -> None:
+    record = ProtectionRecord.empty(CHAIN, KEY).record_attestation(*link(3, 4))
+    for _ in range(SLOTS_PER_EPOCH - 1):  # the votes of the later slots of epoch 4
+        assert record.record_attestation(*link(3, 4)) == record
+        record = ProtectionRecord.decode(record.encode())  # crash and reload in between
+    # Once a later link is signed, the old one is refused: it is no longer the last.
+    record = record.record_attestation(*link(4, 5))
+    assert record.record_attestation(*link(4, 5)) == record
+    with pytest.raises(Refused, match="already attested to target epoch 5"):
+        record.check_attestation(*link(3, 4))
+
+
+@pytest.mark.parametrize("new", [link(3, 5), link(3, 5, source_root="P"), link(4, 5), link(4, 9), link(9, 9)],
+                         ids=["3->5", "3->5 other source root", "4->5", "4->9", "9->9"])
+def test_protection_allows_later_votes(new: tuple[Checkpoint, Checkpoint]) -> None:
+    record = ProtectionRecord.empty(CHAIN, KEY).record_attestation(*link(3, 4)).record_attestation(*new)
+    assert (record.last_source, record.last_target) == new
 
 
 def test_protection_fresh_record_allows_anything_sane() -> None:
     record = ProtectionRecord.empty(CHAIN, KEY)
     record.check_proposal(0)
-    record.check_attestation(0, 0)  # genesis: source and target are both epoch 0
+    record.check_attestation(*link(0, 0))  # genesis: source and target are both epoch 0
 
 
 def test_protection_record_round_trips() -> None:
     for record in (ProtectionRecord.empty(CHAIN, KEY),
-                   ProtectionRecord.empty(CHAIN, KEY).record_proposal(7).record_attestation(2, 3)):
+                   ProtectionRecord.empty(CHAIN, KEY).record_proposal(7).record_attestation(*link(2, 3))):
         data = record.encode()
+        assert codec.decode(data)[0] == "chainlab/protection/v2"
         assert ProtectionRecord.decode(data) == record
         assert ProtectionRecord.decode(data).encode() == data
+
+
+TAG = "chainlab/protection/v2"
+R = root("R")
 
 
 @pytest.mark.parametrize("data", [
@@ -402,68 +484,161 @@ def test_protection_record_round_trips() -> None:
     b"\xc1",
     ProtectionRecord.empty(CHAIN, KEY).encode()[:-1],
     codec.encode(["chainlab/other/v1", CHAIN, KEY, None, None, None]),
-    codec.encode(["chainlab/protection/v1", CHAIN, KEY[:31], None, None, None]),
-    codec.encode(["chainlab/protection/v1", CHAIN, KEY, -1, None, None]),
-    codec.encode(["chainlab/protection/v1", CHAIN, KEY, None, 3, None]),
-    codec.encode(["chainlab/protection/v1", CHAIN, KEY, None, 5, 4]),
-], ids=["empty", "reserved byte", "truncated", "wrong tag", "short key", "negative slot", "half watermark",
-        "source after target"])
+    codec.encode(["chainlab/protection/v1", CHAIN, KEY, None, 2, 3]),
+    codec.encode(["chainlab/protection/v1", CHAIN, KEY, None, [2, R], [3, R]]),
+    codec.encode([TAG, CHAIN, KEY, None, None, None, None]),
+    codec.encode([TAG, CHAIN, KEY[:31], None, None, None]),
+    codec.encode([TAG, CHAIN, KEY, -1, None, None]),
+    codec.encode([TAG, CHAIN, KEY, None, [3, R], None]),
+    codec.encode([TAG, CHAIN, KEY, None, None, [3, R]]),
+    codec.encode([TAG, CHAIN, KEY, None, [5, R], [4, R]]),
+    codec.encode([TAG, CHAIN, KEY, None, [3, R[:31]], [4, R]]),
+    codec.encode([TAG, CHAIN, KEY, None, [3, R], [4, R + b"\x00"]]),
+    codec.encode([TAG, CHAIN, KEY, None, [3, R, 0], [4, R]]),
+    codec.encode([TAG, CHAIN, KEY, None, 3, [4, R]]),
+    codec.encode([TAG, CHAIN, KEY, None, [-3, R], [4, R]]),
+    codec.encode([TAG, CHAIN, KEY, None, [3, R], [True, R]]),
+], ids=["empty", "reserved byte", "truncated", "wrong tag", "v1 record", "v1 tag, v2 layout", "extra field", "short key",
+        "negative slot", "half link: source only", "half link: target only", "source after target",
+        "short root", "long root", "checkpoint with 3 fields", "checkpoint not an array", "negative epoch",
+        "boolean epoch"])
 def test_protection_record_decode_refuses_bad_bytes(data: bytes) -> None:
     with pytest.raises(DecodeError):
         ProtectionRecord.decode(data)
 
 
-# A signing request: ("proposal", slot, block label) or ("attestation", source, target, target label).
+# A signing request:
+# ("proposal", slot, block label);
+# ("attestation", source epoch, target epoch, source root label, target root label, slot in the epoch, head label);
+# ("repeat", of_last_signed, slot in the epoch, head label): the link of the last signed attestation (True)
+#   or of the last requested one (False) again, in another slot with another head: the per-slot vote.
 proposal_requests = st.tuples(st.just("proposal"), st.integers(0, 12), st.sampled_from("AB"))
-attestation_requests = st.tuples(st.just("attestation"), st.integers(0, 8), st.integers(0, 8), st.sampled_from("AB"))
-requests = st.lists(st.tuples(st.one_of(proposal_requests, attestation_requests), st.booleans()), max_size=40)
+attestation_requests = st.tuples(st.just("attestation"), st.integers(0, 8), st.integers(0, 8), st.sampled_from("PQ"),
+                                 st.sampled_from("AB"), st.integers(0, SLOTS_PER_EPOCH - 1), st.sampled_from("XY"))
+repeat_requests = st.tuples(st.just("repeat"), st.booleans(), st.integers(0, SLOTS_PER_EPOCH - 1),
+                            st.sampled_from("XY"))
+requests = st.lists(st.tuples(st.one_of(proposal_requests, attestation_requests, repeat_requests), st.booleans()),
+                    max_size=40)
 
 
-def sign_all(record: ProtectionRecord, steps: list) -> tuple[list[Proposal], list[AttestationData]]:
+class Signed(NamedTuple):
+    proposals: list[Proposal]
+    votes: list[AttestationData]
+    refused_repeats: int  # requests for the last signed link again that were refused
+
+
+def sign_all(record: ProtectionRecord, steps: list) -> Signed:
     """Ask the record about every request; keep what it accepts. The boolean of a step
     simulates a crash after it: the record is reloaded from its persisted bytes."""
-    proposals, votes = [], []
+    proposals, votes, refused_repeats = [], [], 0
+    last_signed: AttestationData | None = None
+    last_requested: AttestationData | None = None
     for request, crash in steps:
-        try:
-            if request[0] == "proposal":
-                _, slot, block = request
+        if request[0] == "proposal":
+            _, slot, block = request
+            try:
                 record = record.record_proposal(slot)
                 proposals.append(Proposal(0, slot, root(block)))
+            except Refused:
+                pass
+        else:
+            if request[0] == "attestation":
+                _, source, target, source_label, target_label, offset, head = request
+                data = vote(source, target, target_label, source_label)
             else:
-                _, source, target, label = request
-                record = record.record_attestation(source, target)
-                votes.append(vote(source, target, label))
-        except Refused:
-            pass
-        if crash:
-            record = ProtectionRecord.decode(record.encode())
-    return proposals, votes
+                _, of_last_signed, offset, head = request
+                earlier = last_signed if of_last_signed else last_requested
+                if earlier is None:
+                    continue
+                data = earlier
+            data = data._replace(slot=data.target.epoch * SLOTS_PER_EPOCH + offset, head=root(head))
+            last_requested = data
+            try:
+                record = record.record_attestation(data.source, data.target)
+                votes.append(data)
+                last_signed = data
+            except Refused:
+                if last_signed is not None and get_link(data) == get_link(last_signed):
+                    refused_repeats += 1
+        if crash:  # (type(record): a broken record under test reloads as itself)
+            record = type(record).decode(record.encode())
+    return Signed(proposals, votes, refused_repeats)
 
 
-def slashable_pairs(proposals: list[Proposal], votes: list[AttestationData]) -> list[tuple]:
-    pairs: list[tuple] = [(a, b) for a, b in itertools.combinations(proposals, 2) if is_double_proposal(a, b)]
-    pairs += [(a, b) for a, b in itertools.combinations(votes, 2) if is_double_vote(a, b) or is_surround_vote(a, b)]
+def slashable_pairs(signed: Signed) -> list[tuple]:
+    pairs: list[tuple] = [(a, b) for a, b in itertools.combinations(signed.proposals, 2) if is_double_proposal(a, b)]
+    pairs += [(a, b) for a, b in itertools.combinations(signed.votes, 2)
+              if is_double_vote(a, b) or is_surround_vote(a, b)]
     return pairs
 
 
 @settings(max_examples=400, deadline=None)
 @given(requests)
 def test_protection_never_signs_a_slashable_pair(steps: list) -> None:
-    proposals, votes = sign_all(ProtectionRecord.empty(CHAIN, KEY), steps)
-    assert slashable_pairs(proposals, votes) == []
+    signed = sign_all(ProtectionRecord.empty(CHAIN, KEY), steps)
+    assert slashable_pairs(signed) == []
+    assert signed.refused_repeats == 0  # and it never stops a validator voting its link each slot
 
 
-class LaxRecord(ProtectionRecord):
+def test_protection_signs_per_slot_votes_across_crashes() -> None:
+    """A fixed run of the property's machinery: one link in every slot of two epochs."""
+    steps = [(("attestation", 3, 4, "P", "A", 0, "X"), True), (("repeat", True, 1, "Y"), False),
+             (("repeat", False, 2, "X"), True), (("repeat", True, 3, "Y"), True),
+             (("attestation", 4, 5, "A", "B", 0, "X"), False), (("repeat", True, 1, "Y"), True),
+             (("attestation", 3, 4, "P", "A", 3, "X"), False)]  # the old link, now refused
+    signed = sign_all(ProtectionRecord.empty(CHAIN, KEY), steps)
+    assert [(v.slot, v.target.epoch) for v in signed.votes] == [(16, 4), (17, 4), (18, 4), (19, 4), (20, 5), (21, 5)]
+    assert slashable_pairs(signed) == [] and signed.refused_repeats == 0
+
+
+class SourceBlindRecord(ProtectionRecord):
     """A broken record that forgets the source rule: it would sign a surrounding vote."""
 
-    def check_attestation(self, source_epoch: int, target_epoch: int) -> None:
-        if self.last_target_epoch is not None and target_epoch <= self.last_target_epoch:
+    def check_attestation(self, source: Checkpoint, target: Checkpoint) -> None:
+        if (source, target) == (self.last_source, self.last_target):
+            return
+        if self.last_target is not None and target.epoch <= self.last_target.epoch:
             raise Refused("older target")
 
 
-def test_the_property_can_fail() -> None:
-    """The checker above is not vacuous: the lax record lets a surround vote through."""
-    steps = [(("attestation", 3, 4, "A"), False), (("attestation", 2, 5, "A"), False)]
-    lax = LaxRecord(*ProtectionRecord.empty(CHAIN, KEY))
-    assert slashable_pairs(*sign_all(lax, steps)) != []
-    assert slashable_pairs(*sign_all(ProtectionRecord.empty(CHAIN, KEY), steps)) == []
+class EpochsOnlyRecord(ProtectionRecord):
+    """A broken record that compares epochs only: it takes another link with the same
+    epochs for the per-slot repeat of the last one, and would sign a double vote."""
+
+    def check_attestation(self, source: Checkpoint, target: Checkpoint) -> None:
+        if self.last_source is None or self.last_target is None:
+            return
+        if (source.epoch, target.epoch) == (self.last_source.epoch, self.last_target.epoch):
+            return
+        if target.epoch <= self.last_target.epoch or source.epoch < self.last_source.epoch:
+            raise Refused("older link")
+
+
+class RepeatRefusingRecord(ProtectionRecord):
+    """A record as strict as v1's watermarks: it refuses the last link again."""
+
+    def check_attestation(self, source: Checkpoint, target: Checkpoint) -> None:
+        if self.last_target is not None and (source, target) == (self.last_source, self.last_target):
+            raise Refused("already signed")
+        super().check_attestation(source, target)
+
+
+FIRST = ("attestation", 3, 4, "P", "A", 0, "X")  # P@3 -> A@4 in the first slot of epoch 4
+
+
+@pytest.mark.parametrize(("broken", "steps", "what"), [
+    (SourceBlindRecord, [(FIRST, False), (("attestation", 2, 5, "P", "A", 0, "X"), False)], "slashable"),
+    (EpochsOnlyRecord, [(FIRST, True), (("attestation", 3, 4, "P", "B", 1, "X"), False)], "slashable"),
+    (EpochsOnlyRecord, [(FIRST, False), (("attestation", 3, 4, "Q", "A", 1, "X"), False)], "slashable"),
+    (RepeatRefusingRecord, [(FIRST, True), (("repeat", True, 1, "Y"), False)], "refused repeat"),
+], ids=["source rule forgotten", "target root ignored", "source root ignored", "repeat refused"])
+def test_the_property_can_fail(broken: type[ProtectionRecord], steps: list, what: str) -> None:
+    """The checker above is not vacuous: each broken record fails it on a short run,
+    which the real record passes."""
+    signed = sign_all(broken(*ProtectionRecord.empty(CHAIN, KEY)), steps)
+    if what == "slashable":
+        assert slashable_pairs(signed) != []
+    else:
+        assert signed.refused_repeats > 0
+    good = sign_all(ProtectionRecord.empty(CHAIN, KEY), steps)
+    assert slashable_pairs(good) == [] and good.refused_repeats == 0

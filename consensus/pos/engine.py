@@ -38,7 +38,12 @@ from consensus.pos.finality import FfgState, weigh_justification_and_finalizatio
 from consensus.pos.forkchoice import ForkChoice
 from consensus.pos.params import PosParams
 from consensus.pos.selection import SEED_LOOKAHEAD_EPOCHS, mix_seed, select_proposer
-from consensus.pos.slashing import InvalidEvidence, check_attester_slashing, check_proposer_slashing
+from consensus.pos.slashing import (
+    InvalidEvidence,
+    SlashingDetector,
+    check_attester_slashing,
+    check_proposer_slashing,
+)
 from consensus.pos.types import (
     Attestation,
     AttestationData,
@@ -114,6 +119,14 @@ def _signed_proposal(value: Any, what: str) -> SignedProposal:
     return SignedProposal(proposal, read_bytes(f[1], f"{what}.signature", SIGNATURE_BYTES))
 
 
+def encode_vote(attestation: Attestation) -> bytes:
+    return codec.encode(_plain(attestation))
+
+
+def decode_vote(data: bytes) -> Attestation:
+    return read_attestation(codec.decode(data, bytes_max=1024))
+
+
 def decode_body(data: bytes) -> PosBody:
     f = read_list(codec.decode(data), "body", 5)
     return PosBody(
@@ -136,7 +149,7 @@ class PosState:
 
     def __init__(self, validators: list[Validator], seed: bytes, ffg: FfgState, epoch: int,
                  epoch_seeds: dict[int, bytes], boundary_roots: dict[int, bytes], pending_boundaries: list[int],
-                 voted: dict[int, set[int]], attested: dict[int, set[int]], slot: int):
+                 voted: dict[int, set[int]], attested: dict[int, set[int]], slot: int, issued: int = 0):
         self.validators = validators
         self.seed = seed  # RANDAO mix after the latest block
         self.ffg = ffg
@@ -147,20 +160,24 @@ class PosState:
         self.pending_boundaries = pending_boundaries  # epochs whose checkpoint is the latest block itself
         self.voted = voted  # target epoch -> validator * slots_per_epoch + slot in epoch, of included votes
         self.attested = attested  # target epoch -> validators whose included vote had the right target
+        self.issued = issued  # rewards this engine created (State.issued also counts block rewards)
 
     def copy(self) -> "PosState":
         return PosState(list(self.validators), self.seed, self.ffg, self.epoch, dict(self.epoch_seeds),
                         dict(self.boundary_roots), list(self.pending_boundaries),
                         {e: set(v) for e, v in self.voted.items()}, {e: set(v) for e, v in self.attested.items()},
-                        self.slot)
+                        self.slot, self.issued)
 
     def root(self) -> bytes:
         return sha256(codec.encode([
             "chainlab/pos-state", [list(v) for v in self.validators], self.seed, _plain(tuple(self.ffg)),
             self.epoch, self.slot, sorted(self.epoch_seeds.items()), sorted(self.boundary_roots.items()),
             sorted(self.pending_boundaries), sorted((e, sorted(v)) for e, v in self.voted.items()),
-            sorted((e, sorted(v)) for e, v in self.attested.items()),
+            sorted((e, sorted(v)) for e, v in self.attested.items()), self.issued,
         ]))
+
+    def slashed(self) -> list[int]:
+        return [i for i, v in enumerate(self.validators) if v.slashed]
 
     def locked(self) -> int:
         return sum(v.stake for v in self.validators)
@@ -183,13 +200,76 @@ class PosState:
         return self.validators[index].public_key if 0 <= index < len(self.validators) else None
 
 
+# --- votes and evidence waiting for a block --------------------------------------------------------
+
+
+class VotePool:
+    """Recent signed votes from gossip and our own, one per validator and slot, and
+    slashing evidence not yet on chain; what a proposer puts in its block. Bounded: only
+    votes of registered, active validators for the last two epochs are kept."""
+
+    EVIDENCE_MAX = SLASHINGS_PER_BLOCK_MAX
+
+    def __init__(self, slots_per_epoch: int):
+        self.slots_per_epoch = slots_per_epoch
+        self.votes: dict[tuple[int, int], Attestation] = {}  # (slot, validator) -> vote
+        self.proposer_slashings: list[ProposerSlashing] = []
+        self.attester_slashings: list[AttesterSlashing] = []
+
+    def add(self, attestation: Attestation) -> bool:
+        key = (attestation.data.slot, attestation.validator)
+        if key in self.votes:
+            return False
+        self.votes[key] = attestation
+        return True
+
+    def prune(self, slot: int) -> None:
+        floor = slot - 2 * self.slots_per_epoch
+        for key in [k for k in self.votes if k[0] < floor]:
+            del self.votes[key]
+
+    def add_evidence(self, evidence: ProposerSlashing | AttesterSlashing) -> None:
+        target = self.proposer_slashings if isinstance(evidence, ProposerSlashing) else self.attester_slashings
+        if evidence not in target and len(target) < self.EVIDENCE_MAX:
+            target.append(evidence)
+
+    def drop_evidence_against(self, slashed: set[int]) -> None:
+        self.proposer_slashings = [e for e in self.proposer_slashings if e.a.proposal.validator not in slashed]
+        self.attester_slashings = [e for e in self.attester_slashings if e.a.validator not in slashed]
+
+    def for_inclusion(self, engine: "PosEngine", parent: Any, slot: int) -> list[Attestation]:
+        """The pooled votes a block at `slot` on `parent` may carry (every rule of
+        _include_attestation but the signature, which was checked on arrival)."""
+        state = engine.state_at(parent.state, slot)
+        s: PosState = state.engine
+        epoch = engine.epoch_of(slot)
+        spe = self.slots_per_epoch
+        chosen = []
+        for (vslot, validator), a in sorted(self.votes.items()):
+            d = a.data
+            if not (vslot < slot and slot - vslot <= spe) or not 0 <= validator < len(s.validators):
+                continue
+            target_epoch = engine.epoch_of(vslot)
+            if d.target.epoch != target_epoch or target_epoch not in (epoch, epoch - 1):
+                continue
+            if d.source != (s.ffg.current_justified if target_epoch == epoch else s.ffg.previous_justified):
+                continue
+            if validator * spe + vslot % spe in s.voted.get(target_epoch, ()) or not is_active(s.validators[validator].status):
+                continue
+            chosen.append(a)
+        return chosen[:ATTESTATIONS_PER_BLOCK_MAX]
+
+
 # --- the engine -----------------------------------------------------------------------------------
 
 
 class PosEngine:
     name = "pos"
+    minable = False  # blocks come from the chosen proposer, not from a nonce search
 
     def __init__(self, params: PosParams, genesis: Genesis):
+        self.pool = VotePool(params.slots_per_epoch)
+        self.detector = SlashingDetector(params.slots_per_epoch, EPOCHS_KEPT * 4)
         self.params = params
         self.genesis = genesis
         self.chain_id = genesis.chain_id
@@ -208,6 +288,9 @@ class PosEngine:
 
     def slot_of(self, header: BlockHeader) -> int:
         return (header.timestamp_ms - self.genesis_ms) // self.params.slot_ms
+
+    def slot_at(self, now_ms: int) -> int:
+        return max(0, (now_ms - self.genesis_ms) // self.params.slot_ms)
 
     def slot_time_ms(self, slot: int) -> int:
         return self.genesis_ms + slot * self.params.slot_ms
@@ -299,6 +382,7 @@ class PosEngine:
         if issued or whistle:
             _credit(state, header.producer, issued + whistle)
             state.issued += issued
+            s.issued += issued
 
     def _check(self, check: Any, evidence: Any, s: PosState) -> int:
         try:
@@ -372,6 +456,7 @@ class PosEngine:
                     if not leaking:
                         _credit(state, address_of(v.public_key), p.attestation_reward)
                         state.issued += p.attestation_reward
+                        s.issued += p.attestation_reward
                 elif leaking:
                     penalty = min(v.stake, v.stake * stalled // p.inactivity_penalty_quotient)
                     s.validators[i] = v._replace(stake=v.stake - penalty)
@@ -400,7 +485,19 @@ class PosEngine:
             body = decode_body(added.block.consensus)
             for a in body.attestations:
                 fc.on_attestation(a.validator, a.data.target.epoch, a.data.head)
+                evidence = self.detector.on_attestation(a)
+                if evidence is not None:
+                    self.pool.add_evidence(evidence)
+            proposal = SignedProposal(Proposal(body.proposer, self.slot_of(added.header), added.hash), added.block.seal)
+            evidence = self.detector.on_proposal(proposal)
+            if evidence is not None:
+                self.pool.add_evidence(evidence)
             s: PosState = added.state.engine
+            slashed = {i for i, v in enumerate(s.validators) if v.slashed}
+            self.pool.drop_evidence_against(slashed)
+            for i in slashed:
+                self.detector.mark_slashed(i)
+            self.detector.on_epoch(s.epoch)
             for i, v in enumerate(s.validators):
                 if v.slashed:
                     fc.on_equivocation(i)
@@ -444,14 +541,53 @@ class PosEngine:
 
     # --- duties (for producers and tests) ------------------------------------------------------
 
-    def proposer_at(self, parent_state: State, slot: int) -> int:
-        """Who proposes `slot` on top of `parent_state` (epoch transitions applied to a copy)."""
+    def state_at(self, parent_state: State, slot: int) -> State:
+        """A copy of `parent_state` with the epoch transitions up to `slot`'s epoch applied."""
         state = parent_state.copy()
         s: PosState = state.engine
-        epoch = self.epoch_of(slot)
-        for boundary in range(s.epoch + 1, epoch + 1):
+        for boundary in range(s.epoch + 1, self.epoch_of(slot) + 1):
             self._epoch_transition(state, s, boundary)
-        return select_proposer(s.seed_for(epoch), slot, s.active())
+        return state
+
+    def proposer_at(self, parent_state: State, slot: int) -> int:
+        """Who proposes `slot` on top of `parent_state`."""
+        s: PosState = self.state_at(parent_state, slot).engine
+        return select_proposer(s.seed_for(self.epoch_of(slot)), slot, s.active())
+
+    def make_producer(self, key: Any, stored_protection: bytes | None, byzantine: frozenset[str]) -> Any:
+        from consensus.pos.producer import Producer
+
+        return Producer(self, key, stored_protection, byzantine)
+
+    def on_vote(self, tree: Any, payload: bytes) -> bool | None:
+        """A vote from gossip (or our own): True to accept and forward, None to ignore
+        (duplicate, stale, unknown head), False for a fault the sender answers for."""
+        try:
+            a = decode_vote(payload)
+        except DecodeError:
+            return False
+        s: PosState = tree.head.state.engine
+        key = s.public_key_of(a.validator)
+        if key is None:
+            return False
+        if not is_active(s.validators[a.validator].status) or a.data.slot + 2 * self.params.slots_per_epoch < s.slot:
+            return None
+        if self.pool.votes.get((a.data.slot, a.validator)) == a:
+            return None  # this very vote again
+        if not a.verify(self.chain_id, key):
+            return False
+        # Every signed vote goes past the detector, a second one for the same slot
+        # included: a validator that signs two links for one target is caught here.
+        evidence = self.detector.on_attestation(a)
+        if evidence is not None:
+            self.pool.add_evidence(evidence)
+        if not self.pool.add(a):
+            return True if evidence is not None else None  # forward the proof, keep the first vote
+        self.pool.prune(s.slot)
+        if tree.get(a.data.head) is None:
+            return True  # kept for a block; the fork choice learns it when the block is known
+        self._fork_choice(tree).on_attestation(a.validator, a.data.target.epoch, a.data.head)
+        return True
 
 
 def _credit(state: State, address: bytes, amount: int) -> None:

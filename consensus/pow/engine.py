@@ -13,6 +13,7 @@ from consensus.types import Block, BlockHeader
 
 class PowEngine:
     name = "pow"
+    minable = True  # blocks come from a nonce search (the core's MiningWork)
 
     def __init__(self, params: PowParams, *, skip_pow_check_for_simulation: bool = False):
         self.params = params
@@ -75,6 +76,12 @@ class PowEngine:
         if added is not None and added.score > tree.head.score:
             return added
         return tree.head
+
+    def make_producer(self, key: object, stored_protection: bytes | None, byzantine: frozenset[str]) -> None:
+        return None  # no validator duties: miners produce blocks
+
+    def on_vote(self, tree: BlockTree, payload: bytes) -> None:
+        return None  # there are no votes in proof of work: ignored, not a fault
 
     def final_height(self, tree: BlockTree) -> int:
         # Probabilistic finality made a rule: nothing reorganises deeper than the bound.
