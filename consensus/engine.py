@@ -43,6 +43,21 @@ class Engine(Protocol):
     def final_height(self, tree: "BlockTree") -> int:
         """The height below which the canonical chain never changes."""
 
+    # What the node core asks of every engine (capabilities, not names):
+    minable: bool  # blocks come from a nonce search (the core's MiningWork)
+
+    def make_producer(self, key: Any, stored_protection: bytes | None, byzantine: frozenset[str]) -> Any:
+        """A validator's duties for the core to run each tick, or None (miners need none)."""
+
+    def on_vote(self, tree: "BlockTree", payload: bytes) -> bool | None:
+        """A gossiped vote: True accept and forward, None ignore, False the sender's fault."""
+
+    def validators_json(self, tree: "BlockTree") -> list[dict]:
+        """The registry for consensus_validators ([] without one)."""
+
+    def slashings_json(self, tree: "BlockTree") -> dict:
+        """Slashings included and evidence waiting, for consensus_slashings."""
+
     def status(self, tree: "BlockTree") -> dict:
         """The engine's state for `consensus_status` (JSON-ready values)."""
 

@@ -308,7 +308,7 @@ def consensus_status(core: NodeCore, call: RpcCalled) -> Any:
     status.update({
         "height": core.tree.head.height,
         "final_height": core.tree.final_height,
-        "mining": core.mining_enabled,
+        "mining": core.mining_enabled and core.engine.minable,
         "hashes_tried": core.hashes_tried,
         "blocks_mined": core.blocks_mined,
         "reorgs": core.reorgs,
@@ -316,10 +316,22 @@ def consensus_status(core: NodeCore, call: RpcCalled) -> Any:
         "supply": core.tree.head_state().expected_supply(),
         "burned": core.tree.head_state().burned,
         "issued": core.tree.head_state().issued,
+        "blocks_proposed": core.blocks_proposed,
+        "votes_made": core.votes_made,
     })
     status["difficulty_work"] = str(status.get("difficulty_work", ""))
     status["total_work"] = str(status.get("total_work", ""))
     return status
+
+
+def consensus_validators(core: NodeCore, call: RpcCalled) -> Any:
+    _params(call, [], 0)
+    return core.engine.validators_json(core.tree)
+
+
+def consensus_slashings(core: NodeCore, call: RpcCalled) -> Any:
+    _params(call, [], 0)
+    return core.engine.slashings_json(core.tree)
 
 
 def miner_generate(core: NodeCore, call: RpcCalled) -> Any:
@@ -350,7 +362,8 @@ METHODS: dict[str, Callable[[NodeCore, RpcCalled], Any]] = {
     for f in (
         chain_getHead, chain_getBlock, chain_getBlockHash, chain_getTips, chain_getAccount, chain_getTransaction,
         tx_send, mempool_status, mempool_list, net_info, net_peers, net_addPeer, net_removePeer, net_listBans,
-        net_clearBan, consensus_status, miner_generate, miner_start, miner_stop,
+        net_clearBan, consensus_status, consensus_validators, consensus_slashings, miner_generate, miner_start,
+        miner_stop,
     )
 }
 

@@ -124,3 +124,24 @@ def test_a_few_seeds_with_faults_keep_every_invariant(seed):
     result = run_simulation(SimConfig(consensus="pos", nodes=4, seed=seed, duration_s=90,
                                       faults=("crash", "partition", "loss")))
     assert result.ok, (result.config.replay_command(), [(v.name, v.detail) for v in result.verdicts if not v.ok])
+
+
+def test_consensus_rpc_reports_checkpoints_validators_and_refuses_mining():
+    cluster = pos_cluster(seed=6)
+    cluster.run_until(cluster.now_ms + 20_000)
+
+    def call(method, params=()):
+        rid = cluster.rpc(0, method, list(params))
+        return cluster.replies[rid]
+
+    status = call("consensus_status").result
+    state = cluster.nodes[0].core.tree.head.state.engine
+    assert status["engine"] == "pos" and status["finalized"]["epoch"] == state.ffg.finalized.epoch >= 2
+    assert status["participation"] == 1.0 and status["annual_yield_estimate"] > 0
+    head = call("chain_getHead").result
+    assert head["justified"]["epoch"] == state.ffg.current_justified.epoch
+    assert head["final_height"] == cluster.nodes[0].core.tree.final_height > 0
+    validators = call("consensus_validators").result
+    assert [v["status"] for v in validators] == ["active"] * 4 and all(not v["slashed"] for v in validators)
+    assert call("consensus_slashings").result == {"included": [], "pending_evidence": []}
+    assert call("miner_generate", [1]).error[1].startswith("this is a pos chain")

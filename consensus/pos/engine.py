@@ -535,8 +535,47 @@ class PosEngine:
             "finalized": {"epoch": ffg.finalized.epoch, "root": self._resolve(tree, ffg.finalized.root).hex()},
             "validators": len(s.validators),
             "active_stake": s.active_stake(),
+            "participation": self._participation(s),
+            "annual_yield_estimate": self._annual_yield(s),
             "slot_ms": self.params.slot_ms,
             "slots_per_epoch": self.params.slots_per_epoch,
+        }
+
+    def _participation(self, s: PosState) -> float:
+        """Share of active stake whose vote for the last settled epoch's checkpoint is on chain."""
+        total = s.active_stake()
+        epoch = max(0, s.epoch - 1)
+        return round(s.stake_of(s.attested.get(epoch, set())) / total, 4) if total else 0.0
+
+    def _annual_yield(self, s: PosState) -> float:
+        """Vote rewards a year over the mean stake, at the current participation (no fees,
+        no block rewards, which go to proposers in proportion to stake anyway)."""
+        active = s.active()
+        if not active:
+            return 0.0
+        epochs_a_year = 365 * 24 * 3600 * 1000 / (self.params.slot_ms * self.params.slots_per_epoch)
+        mean_stake = sum(stake for _, stake in active) / len(active)
+        return round(self.params.attestation_reward * epochs_a_year * self._participation(s) / mean_stake, 6)
+
+    def validators_json(self, tree: Any) -> list[dict]:
+        s: PosState = tree.head.state.engine
+        return [{"index": i, "public_key": v.public_key.hex(), "address": address_of(v.public_key).hex(),
+                 "stake": v.stake, "status": v.status.name.lower(), "slashed": v.slashed,
+                 "activation_epoch": v.activation_epoch,
+                 "exit_epoch": None if v.exit_epoch == FAR_FUTURE_EPOCH else v.exit_epoch,
+                 "withdrawable_epoch": None if v.withdrawable_epoch == FAR_FUTURE_EPOCH else v.withdrawable_epoch}
+                for i, v in enumerate(s.validators)]
+
+    def slashings_json(self, tree: Any) -> dict:
+        s: PosState = tree.head.state.engine
+        return {
+            "included": [{"validator": i, "exit_epoch": v.exit_epoch, "stake_left": v.stake}
+                         for i, v in enumerate(s.validators) if v.slashed],
+            "pending_evidence": (
+                [{"kind": "double_proposal", "validator": e.a.proposal.validator, "slot": e.a.proposal.slot}
+                 for e in self.pool.proposer_slashings]
+                + [{"kind": "attester", "validator": e.a.validator, "target_epochs": [e.a.data.target.epoch, e.b.data.target.epoch]}
+                   for e in self.pool.attester_slashings]),
         }
 
     # --- duties (for producers and tests) ------------------------------------------------------

@@ -77,6 +77,12 @@ class PowEngine:
             return added
         return tree.head
 
+    def validators_json(self, tree: BlockTree) -> list[dict]:
+        return []  # miners are anonymous: no registry
+
+    def slashings_json(self, tree: BlockTree) -> dict:
+        return {"included": [], "pending_evidence": []}
+
     def make_producer(self, key: object, stored_protection: bytes | None, byzantine: frozenset[str]) -> None:
         return None  # no validator duties: miners produce blocks
 
