@@ -19,7 +19,7 @@ from consensus.errors import (
     WrongChain,
 )
 from consensus.params import ChainParams
-from consensus.types import TX_TRANSFER, Transaction
+from consensus.types import TX_STAKE, TX_TRANSFER, TX_UNSTAKE, Transaction
 
 
 class Account(NamedTuple):
@@ -104,9 +104,13 @@ def validate_transaction_static(
     verified: VerifiedSignatures | None = None,
 ) -> None:
     """Checks that need no state. Raises a named InvalidTransaction."""
-    # Only transfers exist under this rule set; staking kinds belong to engines that add them.
-    if tx.kind != TX_TRANSFER:
+    # Transfers, and the staking kinds that an engine with a registry applies (process_transaction).
+    if tx.kind not in (TX_TRANSFER, TX_STAKE, TX_UNSTAKE):
         raise InvalidTransaction(f"transaction kind {tx.kind} is not supported on this chain")
+    if tx.kind != TX_TRANSFER and tx.recipient != bytes(len(tx.recipient)):
+        raise InvalidTransaction("a staking transaction has the zero address as recipient")
+    if tx.kind == TX_UNSTAKE and tx.amount != 0:
+        raise InvalidTransaction("an unstake moves no amount: the whole stake unbonds")
     # A signature for another chain must not replay here.
     if tx.chain_id != chain_id:
         raise WrongChain(f"transaction is for chain {tx.chain_id!r}, this is {chain_id!r}")
@@ -114,7 +118,7 @@ def validate_transaction_static(
     if tx.fee < params.fee_min:
         raise FeeTooLow(f"fee {tx.fee} is below the minimum {params.fee_min}")
     # Sending to yourself would only churn the nonce; refuse it as a likely mistake.
-    if tx.recipient == tx.sender_address:
+    if tx.kind == TX_TRANSFER and tx.recipient == tx.sender_address:
         raise InvalidTransaction("sender and recipient are the same account")
     if check_signature:
         txid = tx.txid if verified is not None else b""
@@ -146,14 +150,32 @@ def compute_fee_split(fee: int, params: ChainParams) -> tuple[int, int]:
     return burned, fee - burned
 
 
+def validate_transaction_kind(state: State, tx: Transaction) -> None:
+    """Staking kinds only where the engine keeps a registry, and only if it takes them."""
+    if tx.kind == TX_TRANSFER:
+        return
+    if state.engine is None or not hasattr(state.engine, "check_staking"):
+        raise InvalidTransaction("staking transactions need a proof-of-stake chain")
+    state.engine.check_staking(tx)
+
+
 def process_transaction(state: State, tx: Transaction, params: ChainParams) -> int:
-    """Apply a validated transfer in place; return the producer's share of the fee."""
+    """Apply a validated transaction in place; return the producer's share of the fee.
+
+    A stake moves `amount` from the sender's balance into the engine's registry; an
+    unstake starts the unbonding of the sender's stake. Only an engine with a registry
+    (proof of stake) takes them; it checks its rules before anything changes.
+    """
     validate_transaction_state(state, tx)
+    validate_transaction_kind(state, tx)
+    if tx.kind != TX_TRANSFER:
+        state.engine.process_staking(tx)
     sender_address = tx.sender_address
     sender = state.get(sender_address)
     state.accounts[sender_address] = Account(sender.balance - tx.amount - tx.fee, sender.nonce + 1)
-    recipient = state.get(tx.recipient)
-    state.accounts[tx.recipient] = Account(recipient.balance + tx.amount, recipient.nonce)
+    if tx.kind == TX_TRANSFER:
+        recipient = state.get(tx.recipient)
+        state.accounts[tx.recipient] = Account(recipient.balance + tx.amount, recipient.nonce)
     burned, paid = compute_fee_split(tx.fee, params)
     state.burned += burned
     return paid

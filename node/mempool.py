@@ -11,7 +11,7 @@ import heapq
 from consensus.chain import Added
 from consensus.errors import ChainlabError, InvalidTransaction
 from consensus.params import ChainParams
-from consensus.state import State, VerifiedSignatures, validate_transaction_static
+from consensus.state import State, VerifiedSignatures, validate_transaction_kind, validate_transaction_static
 from consensus.types import Transaction
 
 
@@ -74,6 +74,7 @@ class Mempool:
         if txid in self.by_id:
             raise AlreadyKnown(f"transaction {txid.hex()[:16]} is already pending")
         validate_transaction_static(tx, chain_id, params, check_signature=check_signature, verified=verified)
+        validate_transaction_kind(state, tx)  # staking only where the engine takes it
         sender = tx.sender_address
         account = state.get(sender)
         # A nonce already used on chain can never be included.

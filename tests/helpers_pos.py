@@ -5,7 +5,7 @@ from consensus.chain import BlockTree, Entry
 from consensus.engine import make_engine
 from consensus.pos.engine import PosBody, PosEngine, attestation_data, encode_body
 from consensus.pos.types import Attestation, Proposal, reveal_signing_bytes
-from consensus.presets import make_genesis, validator_key
+from consensus.presets import account_key, make_genesis, validator_key
 from consensus.types import Block
 
 SEED = "pos-test"
@@ -26,20 +26,29 @@ def engine_of(tree: BlockTree) -> PosEngine:
     return tree.engine
 
 
+# Every key a test validator may have: genesis validators, and accounts that stake.
+_KEYS = {k.public_key: k for k in [validator_key(SEED, i) for i in range(64)] + [account_key(SEED, i) for i in range(4)]}
+
+
+def key_of(entry: Entry, validator: int):
+    return _KEYS[entry.state.engine.validators[validator].public_key]
+
+
 def vote(tree: BlockTree, head: Entry, slot: int, validator: int) -> Attestation:
     data = attestation_data(engine_of(tree), head, slot)
-    key = validator_key(SEED, validator)
+    key = key_of(head, validator)
     return Attestation(validator, data, key.sign(data.signing_bytes(tree.chain_id)))
 
 
 def propose(tree: BlockTree, parent: Entry, slot: int, attestations=(), proposer_slashings=(),
-            attester_slashings=(), *, proposer: int | None = None) -> Block:
+            attester_slashings=(), *, proposer: int | None = None, txs=()) -> Block:
     engine = engine_of(tree)
     chosen = engine.proposer_at(parent.state, slot) if proposer is None else proposer
-    key = validator_key(SEED, chosen)
+    key = key_of(parent, chosen)
     reveal = key.sign(reveal_signing_bytes(tree.chain_id, engine.epoch_of(slot)))
     body = PosBody(chosen, reveal, tuple(attestations), tuple(proposer_slashings), tuple(attester_slashings))
     template = tree.start_template(parent)
+    tree.fill_template(template, txs)
     block = tree.seal_template(template, key.address, engine.slot_time_ms(slot), encode_body(body))
     seal = key.sign(Proposal(chosen, slot, block.header.hash).signing_bytes(tree.chain_id))
     return block._replace(seal=seal)

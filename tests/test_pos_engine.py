@@ -217,3 +217,50 @@ def test_genesis_checkpoint_names_the_genesis_block():
     assert status["finalized"]["root"] == tree.genesis_entry.hash.hex()
     assert address_of(validator_key(SEED, 0).public_key) == validator_key(SEED, 0).address
     assert isinstance(decode_body(propose(tree, tree.head, 1).consensus), PosBody)
+
+
+def staking(key, kind, amount, nonce, chain_id):
+    from consensus.types import Transaction
+
+    unsigned = Transaction(kind, chain_id, key.public_key, bytes(20), amount, 10, nonce, bytes(64))
+    return unsigned._replace(signature=key.sign(unsigned.signing_bytes()))
+
+
+def test_a_stake_joins_after_the_activation_delay_and_an_unstake_returns_after_unbonding():
+    from consensus.presets import account_key
+    from consensus.types import TX_STAKE, TX_UNSTAKE
+
+    tree = pos_tree(4)
+    grow(tree, range(1, 3))
+    newcomer = account_key(SEED, 0)
+    balance = tree.head.state.get(newcomer.address).balance
+    stake = staking(newcomer, TX_STAKE, 5_000_000, 0, tree.chain_id)
+    block = propose(tree, tree.head, 3, [vote(tree, tree.head, 2, v) for v in range(4)], txs=[stake])
+    assert block.transactions == (stake,)
+    tree.add_block(block, NOW)
+    s = tree.head.state.engine
+    assert len(s.validators) == 5 and s.validators[4].status is Status.PENDING and s.validators[4].stake == 5_000_000
+    assert tree.head.state.get(newcomer.address).balance == balance - 5_000_000 - 10
+    assert supply_ok(tree)
+    # A second stake by the same key is refused; so is an unstake by a non-validator.
+    template = tree.start_template()
+    assert tree.fill_template(template, [staking(newcomer, TX_STAKE, 5_000_000, 1, tree.chain_id)]) == 0
+    assert tree.fill_template(template, [staking(account_key(SEED, 1), TX_UNSTAKE, 0, 0, tree.chain_id)]) == 0
+    activation = s.validators[4].activation_epoch
+    grow(tree, range(4, 4 * (activation + 1) + 1))
+    assert tree.head.state.engine.validators[4].status is Status.ACTIVE
+    # Validator 0 unstakes (its rewards pay the fee); its stake comes back after unbonding.
+    v0 = validator_key(SEED, 0)
+    nonce = tree.head.state.get(v0.address).nonce
+    start = tree.head.state.engine.slot + 1
+    unstake = staking(v0, TX_UNSTAKE, 0, nonce, tree.chain_id)
+    tree.add_block(propose(tree, tree.head, start, txs=[unstake]), NOW)
+    s = tree.head.state.engine
+    assert s.validators[0].status is Status.EXITING
+    withdrawable = s.validators[0].withdrawable_epoch
+    before = tree.head.state.get(v0.address).balance
+    last = grow(tree, range(start + 1, 4 * (withdrawable + 1) + 1), voters=[1, 2, 3, 4])
+    s = last.state.engine
+    assert s.validators[0].status is Status.WITHDRAWN and s.validators[0].stake == 0
+    assert last.state.get(v0.address).balance >= before + 32_000_000
+    assert supply_ok(tree)

@@ -62,12 +62,31 @@ def test_a_valid_transfer_passes_every_check():
 
 # --- one test per rule ----------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", [TX_STAKE, TX_UNSTAKE])
-def test_wrong_kind(kind):
-    tx = transfer(ALICE, BOB.address, 100, nonce=0, chain_id=CHAIN, kind=kind)
-    with pytest.raises(InvalidTransaction, match=f"kind {kind} is not supported") as info:
+def test_unknown_kind():
+    tx = transfer(ALICE, BOB.address, 100, nonce=0, chain_id=CHAIN)._replace(kind=7)
+    with pytest.raises(InvalidTransaction, match="kind 7 is not supported") as info:
         validate_transaction_static(tx, CHAIN, MINIMAL)
     assert type(info.value) is InvalidTransaction
+
+
+@pytest.mark.parametrize("kind", [TX_STAKE, TX_UNSTAKE])
+def test_staking_kinds_need_a_proof_of_stake_chain(kind):
+    tx = transfer(ALICE, bytes(20), 0, nonce=0, chain_id=CHAIN, kind=kind)
+    validate_transaction_static(tx, CHAIN, MINIMAL, check_signature=False)  # well formed ...
+    state = fresh_state()
+    with pytest.raises(InvalidTransaction, match="need a proof-of-stake chain"):
+        process_transaction(state, tx, MINIMAL)  # ... but no registry takes it here
+    assert state.get(ALICE.address).nonce == 0
+
+
+@pytest.mark.parametrize("recipient, amount, kind, message", [
+    (b"\x01" * 20, 5, TX_STAKE, "zero address as recipient"),
+    (bytes(20), 5, TX_UNSTAKE, "moves no amount"),
+])
+def test_staking_transactions_are_well_formed(recipient, amount, kind, message):
+    tx = transfer(ALICE, recipient, amount, nonce=0, chain_id=CHAIN, kind=kind)
+    with pytest.raises(InvalidTransaction, match=message):
+        validate_transaction_static(tx, CHAIN, MINIMAL, check_signature=False)
 
 
 def test_wrong_chain():

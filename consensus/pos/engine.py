@@ -26,13 +26,14 @@ Not yet (issue 4): stake and unstake transactions (the registry comes from genes
 votes arriving by gossip (the node core's duties), the byzantine switches.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 from consensus import codec
 from consensus.codec import read_bytes, read_list, read_uint
 from consensus.crypto import HASH_BYTES, SIGNATURE_BYTES, address_of, sha256, verify
-from consensus.errors import DecodeError, InvalidBlock
-from consensus.genesis import Genesis
+from consensus.errors import DecodeError, InvalidBlock, InvalidTransaction
+from consensus.genesis import VALIDATORS_MAX, Genesis
 from consensus.params import params_from
 from consensus.pos.finality import FfgState, weigh_justification_and_finalization
 from consensus.pos.forkchoice import ForkChoice
@@ -56,16 +57,20 @@ from consensus.pos.types import (
 )
 from consensus.pos.validators import (
     FAR_FUTURE_EPOCH,
+    InvalidStake,
+    InvalidTransition,
     Status,
     Validator,
     is_active,
     is_slashable,
     on_slashed,
+    on_stake,
+    on_unstake,
     on_withdrawn,
     process_epoch,
 )
 from consensus.state import Account, State
-from consensus.types import NONCE_BYTES, Block, BlockHeader
+from consensus.types import NONCE_BYTES, TX_STAKE, Block, BlockHeader, Transaction
 
 ATTESTATIONS_PER_BLOCK_MAX = 2_048
 SLASHINGS_PER_BLOCK_MAX = 16
@@ -127,7 +132,14 @@ def decode_vote(data: bytes) -> Attestation:
     return read_attestation(codec.decode(data, bytes_max=1024))
 
 
+@functools.lru_cache(maxsize=256)
 def decode_body(data: bytes) -> PosBody:
+    """Bounded decode of a block body (memoised: validation, processing and fork choice
+    each read the same block's body)."""
+    return _decode_body(data)
+
+
+def _decode_body(data: bytes) -> PosBody:
     f = read_list(codec.decode(data), "body", 5)
     return PosBody(
         read_uint(f[0], "body.proposer"),
@@ -147,6 +159,8 @@ def decode_body(data: bytes) -> PosBody:
 class PosState:
     """The proof-of-stake part of State; copied with it for every block."""
 
+    params: PosParams  # set by the engine (class-level default below); not part of the root
+
     def __init__(self, validators: list[Validator], seed: bytes, ffg: FfgState, epoch: int,
                  epoch_seeds: dict[int, bytes], boundary_roots: dict[int, bytes], pending_boundaries: list[int],
                  voted: dict[int, set[int]], attested: dict[int, set[int]], slot: int, issued: int = 0):
@@ -161,20 +175,59 @@ class PosState:
         self.voted = voted  # target epoch -> validator * slots_per_epoch + slot in epoch, of included votes
         self.attested = attested  # target epoch -> validators whose included vote had the right target
         self.issued = issued  # rewards this engine created (State.issued also counts block rewards)
+        # (index, stake) of who may propose in this epoch, fixed at its start: a stake,
+        # an unstake or a slashing inside the epoch does not reshuffle its schedule.
+        self.proposers: list[tuple[int, int]] = []
 
     def copy(self) -> "PosState":
-        return PosState(list(self.validators), self.seed, self.ffg, self.epoch, dict(self.epoch_seeds),
+        return self._with_params(PosState(list(self.validators), self.seed, self.ffg, self.epoch, dict(self.epoch_seeds),
                         dict(self.boundary_roots), list(self.pending_boundaries),
                         {e: set(v) for e, v in self.voted.items()}, {e: set(v) for e, v in self.attested.items()},
-                        self.slot, self.issued)
+                        self.slot, self.issued))
+
+    def _with_params(self, other: "PosState") -> "PosState":
+        other.params = self.params
+        other.proposers = self.proposers  # replaced, never changed in place
+        return other
 
     def root(self) -> bytes:
         return sha256(codec.encode([
             "chainlab/pos-state", [list(v) for v in self.validators], self.seed, _plain(tuple(self.ffg)),
             self.epoch, self.slot, sorted(self.epoch_seeds.items()), sorted(self.boundary_roots.items()),
             sorted(self.pending_boundaries), sorted((e, sorted(v)) for e, v in self.voted.items()),
-            sorted((e, sorted(v)) for e, v in self.attested.items()), self.issued,
+            sorted((e, sorted(v)) for e, v in self.attested.items()), self.issued, self.proposers,
         ]))
+
+    def check_staking(self, tx: Transaction) -> int | None:
+        """Raise InvalidTransaction unless the stake or unstake by tx.sender (the validator's
+        key signs for it) applies now; returns the sender's validator index, if any."""
+        index = next((i for i, v in enumerate(self.validators) if v.public_key == tx.sender), None)
+        if tx.kind == TX_STAKE:
+            if index is not None:
+                raise InvalidTransaction(f"key is already validator {index}: one stake per key")
+            if len(self.validators) >= VALIDATORS_MAX:
+                raise InvalidTransaction(f"the registry is full ({VALIDATORS_MAX} validators)")
+            if tx.amount < self.params.stake_min:
+                raise InvalidTransaction(f"stake {tx.amount} is below the minimum of {self.params.stake_min}")
+            return None
+        if index is None:
+            raise InvalidTransaction("only a validator can unstake")
+        if self.validators[index].status is not Status.ACTIVE:
+            raise InvalidTransaction(f"validator {index} is {self.validators[index].status.name.lower()}, not active")
+        return index
+
+    def process_staking(self, tx: Transaction) -> None:
+        """Apply a checked stake (a new pending validator) or unstake (unbonding starts);
+        the balance side is the caller's."""
+        index = self.check_staking(tx)
+        try:
+            if tx.kind == TX_STAKE:
+                self.validators.append(on_stake(tx.sender, tx.amount, self.epoch, self.params))
+            else:
+                assert index is not None
+                self.validators[index] = on_unstake(self.validators[index], self.epoch, self.params)
+        except (InvalidStake, InvalidTransition) as exc:
+            raise InvalidTransaction(str(exc)) from None
 
     def slashed(self) -> list[int]:
         return [i for i, v in enumerate(self.validators) if v.slashed]
@@ -310,8 +363,11 @@ class PosEngine:
         validators = [Validator(key, stake, Status.ACTIVE, 0, FAR_FUTURE_EPOCH, FAR_FUTURE_EPOCH, False)
                       for key, stake in genesis.validators]
         seed = sha256(b"chainlab/genesis-seed" + genesis.hash)
-        return PosState(validators, seed, FfgState.genesis(GENESIS_ROOT), 0, {-1: seed}, {0: GENESIS_ROOT}, [],
-                        {}, {}, 0)
+        state = PosState(validators, seed, FfgState.genesis(GENESIS_ROOT), 0, {-1: seed}, {0: GENESIS_ROOT}, [],
+                         {}, {}, 0)
+        state.params = self.params
+        state.proposers = state.active()
+        return state
 
     # --- rules -------------------------------------------------------------------------------------
 
@@ -364,7 +420,7 @@ class PosEngine:
                 s.boundary_roots[e] = header.parent
         s.slot = slot
         # The proposer is the one the seed and the stakes chose for this slot.
-        expected = select_proposer(s.seed_for(epoch), slot, s.active())
+        expected = select_proposer(s.seed_for(epoch), slot, s.proposers)
         if body.proposer != expected:
             raise InvalidBlock(f"slot {slot} belongs to validator {expected}, not {body.proposer}")
         proposer = s.validators[body.proposer]
@@ -469,6 +525,7 @@ class PosEngine:
                 _credit(state, address_of(v.public_key), amount)
         s.epoch_seeds[ended] = s.seed
         s.epoch = epoch
+        s.proposers = s.active()
         for kept in (s.epoch_seeds, s.boundary_roots, s.voted, s.attested):
             for old in [e for e in kept if 0 <= e < epoch - EPOCHS_KEPT]:
                 del kept[old]
@@ -591,7 +648,7 @@ class PosEngine:
     def proposer_at(self, parent_state: State, slot: int) -> int:
         """Who proposes `slot` on top of `parent_state`."""
         s: PosState = self.state_at(parent_state, slot).engine
-        return select_proposer(s.seed_for(self.epoch_of(slot)), slot, s.active())
+        return select_proposer(s.seed_for(self.epoch_of(slot)), slot, s.proposers)
 
     def make_producer(self, key: Any, stored_protection: bytes | None, byzantine: frozenset[str]) -> Any:
         from consensus.pos.producer import Producer
