@@ -77,10 +77,14 @@ def print_summary(result) -> None:
 
 
 def cmd_genesis(args: argparse.Namespace) -> int:
-    from node.homes import ACCOUNTS_FILE, create_network
+    from node.homes import ACCOUNTS_FILE, STAKE_DEFAULT, create_network
     from node.settings import SettingsError
 
     out = Path(args.out)
+    pos = args.consensus == "pos"
+    if not pos and args.stake is not None:
+        print("chainlab genesis: --stake is for --consensus pos (proof of work has no validators)", file=sys.stderr)
+        return 2
     hosts = None
     if args.p2p_host_format:
         hosts = [args.p2p_host_format.format(i=i) for i in range(args.nodes)]
@@ -89,7 +93,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
             out, consensus=args.consensus, nodes=args.nodes, accounts=args.accounts, seed=args.seed,
             preset=args.preset, balance=args.balance, p2p_hosts=hosts, p2p_port_base=args.p2p_port,
             rpc_port_base=args.rpc_port, same_ports=args.same_ports, mining=not args.no_mining,
-            hashrate=args.hashrate,
+            hashrate=args.hashrate, stake=args.stake if args.stake is not None else STAKE_DEFAULT,
         )
     except (SettingsError, OSError) as exc:
         print(f"chainlab genesis: {exc}", file=sys.stderr)
@@ -97,7 +101,11 @@ def cmd_genesis(args: argparse.Namespace) -> int:
     print(f"network {genesis.chain_id} ({genesis.consensus}, preset {args.preset}) in {out}")
     print(f"genesis hash {genesis.hash.hex()}")
     for i in range(args.nodes):
-        print(f"  node{i}: {out / f'node{i}'}")
+        validator = ""
+        if pos:
+            public_key, stake = genesis.validators[i]
+            validator = f"  validator {i} {public_key.hex()} stake {stake}"
+        print(f"  node{i}: {out / f'node{i}'}{validator}")
     accounts = json.loads((out / ACCOUNTS_FILE).read_text())
     print(f"prefunded accounts ({len(accounts)}, listed in {out / ACCOUNTS_FILE}):")
     for a in accounts[:10]:
@@ -111,7 +119,16 @@ def cmd_node(args: argparse.Namespace) -> int:
     from consensus.crypto import address_of
     from node.logs import configure, node_logger
     from node.runtime import NodeRuntime, StartupError
-    from node.settings import GENESIS_FILE, KEY_FILE, SettingsError, check_home, load_settings, read_genesis, read_key
+    from node.settings import (
+        GENESIS_FILE,
+        KEY_FILE,
+        SettingsError,
+        check_home,
+        load_settings,
+        read_genesis,
+        read_key,
+        read_validator_key,
+    )
     from p2p.connection import node_id_of
 
     home = Path(args.home)
@@ -121,14 +138,16 @@ def cmd_node(args: argparse.Namespace) -> int:
         settings = load_settings(home, os.environ, flags)
         genesis = read_genesis(home / GENESIS_FILE)
         key = read_key(home / KEY_FILE)
+        validator_key = read_validator_key(home)
     except SettingsError as exc:
         print(f"chainlab node: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_level)
     log = node_logger(settings.name, node_id_of(key.public_key))
     log.info("node_starting", home=str(home.resolve()), chain_id=genesis.chain_id, genesis=genesis.hash.hex(),
-             consensus=genesis.consensus, producer=address_of(key.public_key).hex())
-    runtime = NodeRuntime(home, settings, genesis, key, log)
+             consensus=genesis.consensus, producer=address_of(key.public_key).hex(),
+             validator=validator_key.public_key.hex() if validator_key else None)
+    runtime = NodeRuntime(home, settings, genesis, key, log, validator_key=validator_key)
     try:
         asyncio.run(runtime.run())
     except StartupError as exc:
@@ -142,10 +161,12 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 # Node settings that are also flags (node.settings.Settings; same names as config.toml).
 NODE_FLAGS = ("p2p_host", "p2p_port", "advertise", "bootstrap", "rpc_host", "rpc_port", "mining", "hashrate",
-              "log_level", "name")
+              "log_level", "name", "byzantine")
 
 
 def _add_node_parser(sub) -> None:
+    from node.settings import BYZANTINE_BEHAVIOURS
+
     node = sub.add_parser(
         "node",
         help="run one node from its home folder",
@@ -163,6 +184,9 @@ def _add_node_parser(sub) -> None:
     node.add_argument("--mining", choices=["true", "false"], help="mine continuously from the start")
     node.add_argument("--hashrate", type=int, help="hashes per second cap of the miner (0 = no cap)")
     node.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    node.add_argument("--byzantine", metavar="BEHAVIOURS",
+                      help="for tests and chaos runs: make this validator misbehave on purpose; off by default. "
+                           f"Comma-separated: {', '.join(BYZANTINE_BEHAVIOURS)}")
     node.set_defaults(func=cmd_node)
 
 
@@ -171,16 +195,22 @@ def _add_genesis_parser(sub) -> None:
         "genesis",
         help="write a new network: genesis, prefunded accounts and one home folder per node",
         description="Write OUT/genesis.json, OUT/accounts.json with OUT/accounts/*.key, and OUT/node<i>/ homes "
-                    "(config.toml, genesis.json, node.key). Keys derive from --seed: the same command gives the "
-                    "same network anywhere, so never use these keys for anything of value.",
+                    "(config.toml, genesis.json, node.key; with --consensus pos also validator.key: node i is "
+                    "genesis validator i). Keys derive from --seed: the same command gives the same network "
+                    "anywhere, so never use these keys for anything of value.",
     )
-    g.add_argument("--consensus", choices=["pow"], default="pow", help="consensus engine (default: pow)")
+    g.add_argument("--consensus", choices=["pow", "pos"], default="pow",
+                   help="consensus engine: pow (proof of work) or pos (proof of stake: every node is a validator) "
+                        "(default: pow)")
     g.add_argument("--nodes", type=_positive_int, default=4, help="number of nodes (default: 4)")
     g.add_argument("--accounts", type=int, default=8, help="prefunded accounts (default: 8)")
     g.add_argument("--balance", type=int, default=1_000_000_000, help="balance of each account (default: 1e9)")
     g.add_argument("--seed", default="chainlab", help="seed of every key (default: chainlab)")
     g.add_argument("--preset", choices=["testnet", "minimal"], default="testnet",
-                   help="parameter preset (default: testnet: 2 s blocks for capped real miners)")
+                   help="parameter preset (default: testnet: 2 s blocks for capped real miners, 2 s slots for "
+                        "validators)")
+    g.add_argument("--stake", type=_positive_int, default=None,
+                   help="pos: stake of each genesis validator (default: 32000000)")
     g.add_argument("--out", required=True, help="folder to write (must not hold a network yet)")
     g.add_argument("--p2p-port", type=int, default=30303, help="P2P port of node0; node i uses +i (default 30303)")
     g.add_argument("--rpc-port", type=int, default=8545, help="RPC port of node0; node i uses +i (default 8545)")
@@ -188,8 +218,9 @@ def _add_genesis_parser(sub) -> None:
                                              "(default 127.0.0.1)")
     g.add_argument("--same-ports", action="store_true",
                    help="every node uses the base ports and binds 0.0.0.0 (one node per container)")
-    g.add_argument("--hashrate", type=int, default=20_000, help="miner cap per node, hashes/s (default 20000)")
-    g.add_argument("--no-mining", action="store_true", help="nodes do not mine until miner_start/miner_generate")
+    g.add_argument("--hashrate", type=int, default=20_000, help="pow: miner cap per node, hashes/s (default 20000)")
+    g.add_argument("--no-mining", action="store_true",
+                   help="pow: nodes do not mine until miner_start/miner_generate (pos nodes never mine)")
     g.set_defaults(func=cmd_genesis)
 
 
@@ -206,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "The same seed gives a byte-identical run (compare the digest). Exits 1 when an "
                     "invariant fails and prints the command that replays the run.",
     )
-    sim.add_argument("--consensus", choices=["pow"], default="pow", help="consensus engine (default: pow)")
+    sim.add_argument("--consensus", choices=["pow", "pos"], default="pow", help="consensus engine (default: pow)")
     sim.add_argument("--nodes", type=_positive_int, default=4, help="number of nodes (default: 4)")
     sim.add_argument("--seed", type=int, default=1, help="run seed; replays the run exactly (default: 1)")
     sim.add_argument("--duration", type=_duration, default=60.0, help="simulated seconds (default: 60)")

@@ -287,7 +287,9 @@ def _add_testnet(sub: "argparse._SubParsersAction") -> None:
     )
     up.add_argument("--home", metavar="DIR", help=home_help)
     up.add_argument("--nodes", type=_int_in(1, 64, "--nodes"), default=4, help="number of nodes (default: 4)")
-    up.add_argument("--consensus", choices=["pow"], default="pow", help="consensus engine (default: pow)")
+    up.add_argument("--consensus", choices=["pow", "pos"], default="pow",
+                    help="consensus engine of a new testnet: pow (proof of work: every node mines) or pos (proof "
+                         "of stake: every node is a genesis validator, 2 s slots) (default: pow)")
     up.add_argument("--seed", default="chainlab",
                     help="seed of the node and account keys; the same seed gives the same keys (default: chainlab)")
     up.add_argument("--accounts", type=_int_in(0, 10_000, "--accounts"), default=8,
@@ -297,7 +299,7 @@ def _add_testnet(sub: "argparse._SubParsersAction") -> None:
     up.add_argument("--rpc-port", type=_int_in(0, 65_535, "--rpc-port"), default=8545,
                     help="RPC port of node0; node i uses base + i; 0 picks free ports (default: 8545)")
     up.add_argument("--hashrate", type=_int_in(0, 100_000_000, "--hashrate"), default=20_000,
-                    help="hashes per second cap of each node's miner; 0 = no cap (default: 20000)")
+                    help="pow: hashes per second cap of each node's miner; 0 = no cap (default: 20000)")
     up.add_argument("--detach", action="store_true",
                     help="return once every node answers, leaving them running in the background")
     up.add_argument("--reset", action="store_true",

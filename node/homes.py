@@ -5,7 +5,8 @@ A network folder holds:
     genesis.json    the shared genesis
     accounts.json   [{index, address, key_file, balance}] of the prefunded accounts
     accounts/       account-<i>.key, one Ed25519 seed per prefunded account (mode 0600)
-    node<i>/        one node home per node (see node.settings)
+    node<i>/        one node home per node (see node.settings); under proof of stake each
+                    home also holds validator.key: node i is genesis validator i
 
 Keys are derived from the seed, so the same command gives the same network on every
 machine: convenient for a laboratory, and the reason these keys must never hold value.
@@ -17,11 +18,13 @@ from pathlib import Path
 
 from consensus.crypto import KeyPair
 from consensus.genesis import Genesis
-from consensus.presets import account_key, make_genesis
+from consensus.errors import ChainlabError
+from consensus.presets import account_key, genesis_params, make_genesis, validator_key
 from node.settings import (
     CONFIG_FILE,
     GENESIS_FILE,
     KEY_FILE,
+    VALIDATOR_KEY_FILE,
     Settings,
     SettingsError,
     settings_toml,
@@ -32,6 +35,7 @@ ACCOUNTS_FILE = "accounts.json"
 NODES_MAX = 64
 ACCOUNTS_MAX = 10_000
 BOOTSTRAP_PEERS = 3  # each node dials this many ring neighbours; peer exchange does the rest
+STAKE_DEFAULT = 32_000_000  # each genesis validator's stake (proof of stake)
 
 
 def node_key(seed: str, index: int) -> KeyPair:
@@ -53,12 +57,15 @@ def create_network(
     same_ports: bool = False,
     mining: bool = True,
     hashrate: int = 20_000,
+    stake: int = STAKE_DEFAULT,
     timestamp_ms: int | None = None,
 ) -> Genesis:
     """Write genesis, prefunded accounts and `nodes` node homes under `out`.
 
     `p2p_hosts[i]` is how the other nodes reach node i (127.0.0.1 by default, a service
     name under docker); with `same_ports` every node uses the base ports (containers).
+    Proof of stake: every node is a genesis validator staking `stake`, with its key in
+    its home's validator.key; `mining` and `hashrate` do not apply (no miner runs).
     """
     if not 1 <= nodes <= NODES_MAX:
         raise SettingsError(f"--nodes must be 1..{NODES_MAX}")
@@ -66,10 +73,15 @@ def create_network(
         raise SettingsError(f"--accounts must be 0..{ACCOUNTS_MAX}")
     if (out / GENESIS_FILE).exists():
         raise SettingsError(f"{out} already holds a network ({GENESIS_FILE}); choose another --out or remove it")
+    pos = consensus == "pos"
     try:
+        stake_min = genesis_params(consensus, preset).get("stake_min", 0)  # a proof-of-stake parameter
+        if pos and stake < stake_min:
+            raise SettingsError(f"--stake must be at least the preset's stake_min, {stake_min}, not {stake}")
         genesis = make_genesis(consensus=consensus, preset=preset, seed=seed, accounts=accounts, balance=balance,
-                               timestamp_ms=timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
-    except ValueError as exc:
+                               timestamp_ms=timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
+                               validators=nodes if pos else 0, stake=stake)
+    except (ValueError, ChainlabError) as exc:
         raise SettingsError(str(exc)) from None
     hosts = p2p_hosts or ["127.0.0.1"] * nodes
     if len(hosts) != nodes:
@@ -105,12 +117,14 @@ def create_network(
             bootstrap=tuple(peers),
             rpc_host="0.0.0.0" if same_ports else "127.0.0.1",
             rpc_port=rpc_port(i),
-            mining=mining,
+            mining=mining and not pos,
             hashrate=hashrate,
         )
         settings.validate()
         (home / CONFIG_FILE).write_text(settings_toml(settings))
         (home / GENESIS_FILE).write_text(genesis_text)
         write_key(home / KEY_FILE, node_key(seed, i).seed)
+        if pos:
+            write_key(home / VALIDATOR_KEY_FILE, validator_key(seed, i).seed)
     (out / GENESIS_FILE).write_text(genesis_text)  # last: its presence marks a complete network
     return genesis

@@ -3,8 +3,9 @@
 This module decides nothing (DESIGN.md section 2). One driver task feeds inputs to the
 core and applies each `Ready` in order:
 
-  1. persist its blocks, peer addresses and acknowledged transactions (one durable
-     SQLite transaction; nothing of this Ready is visible to anyone before it commits),
+  1. persist its blocks, peer addresses, acknowledged transactions and the validator's
+     slashing-protection record (one durable SQLite transaction; nothing of this Ready
+     is visible to anyone before it commits, so no vote or block leaves unprotected),
   2. send: frames go to per-peer bounded queues; a peer whose queue is full cannot
      keep up and is disconnected; closes and dials follow,
   3. reply to RPC calls, hand new work to the miner, write log lines,
@@ -82,12 +83,14 @@ class Link:
 
 class NodeRuntime:
     def __init__(self, home: Path, settings: Settings, genesis: Genesis, key: KeyPair, log: Any,
-                 config: NodeConfig | None = None, handle_signals: bool = True):
+                 config: NodeConfig | None = None, handle_signals: bool = True,
+                 validator_key: KeyPair | None = None):
         self.handle_signals = handle_signals
         self.home = home
         self.settings = settings
         self.genesis = genesis
         self.key = key
+        self.validator_key = validator_key  # proof of stake: sign as this validator; None: only follow
         self.log = log
         self.config = config  # made once the P2P port is bound (port 0 picks one)
         self.inbox: asyncio.Queue[Input] = asyncio.Queue(maxsize=INBOX_EVENTS_MAX)
@@ -128,7 +131,8 @@ class NodeRuntime:
             if self.config is None:
                 s = self.settings
                 self.config = NodeConfig(listen_address=s.advertise or f"{s.p2p_host}:{self.p2p_port}",
-                                         bootstrap=s.bootstrap, mining_enabled=s.mining)
+                                         bootstrap=s.bootstrap, mining_enabled=s.mining,
+                                         byzantine=frozenset(s.byzantine))
             self._make_core()
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
@@ -160,12 +164,18 @@ class NodeRuntime:
         started = time.monotonic()
         blocks = self.store.load_blocks()
         transactions = self.store.load_transactions()
+        protection = self.store.load_protection()
         self.core = NodeCore(self.genesis, self.key, self.config, random.Random(secrets.randbits(128)), now_ms(),
-                             stored_blocks=blocks, stored_transactions=transactions)
+                             stored_blocks=blocks, stored_transactions=transactions,
+                             validator_key=self.validator_key, stored_protection=protection)
         for address in self.store.load_peers():
             self.core.add_peer_address(address)
         self.log.info("store_loaded", blocks=len(blocks), transactions=len(transactions),
-                      height=self.core.tree.head.height, seconds=round(time.monotonic() - started, 3))
+                      protection_record=protection is not None, height=self.core.tree.head.height,
+                      seconds=round(time.monotonic() - started, 3))
+        if self.config.byzantine:
+            self.log.warning("byzantine_enabled", behaviours=sorted(self.config.byzantine),
+                             validator=self.validator_key.public_key.hex() if self.validator_key else None)
 
     async def _start_listeners(self) -> None:
         s = self.settings
@@ -244,8 +254,10 @@ class NodeRuntime:
 
     def _apply(self, ready: Ready) -> None:
         assert self.store is not None and self.miner is not None
-        # 1. persist: durable before anything of this Ready leaves the process.
-        self.store.persist(ready.persist_blocks, ready.persist_peers, ready.persist_transactions)
+        # 1. persist: durable before anything of this Ready leaves the process (the
+        #    protection record too: it covers every vote and block in these sends).
+        self.store.persist(ready.persist_blocks, ready.persist_peers, ready.persist_transactions,
+                           ready.persist_protection)
         # 2. send, close, dial.
         for conn_id, data in ready.sends:
             link = self.links.get(conn_id)
@@ -419,7 +431,8 @@ def _bind_error(what: str, host: str, port: int, exc: OSError, flag: str) -> str
     return f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}"
 
 
-async def run_node(home: Path, settings: Settings, genesis: Genesis, key: KeyPair, log: Any) -> None:
-    runtime = NodeRuntime(home, settings, genesis, key, log)
+async def run_node(home: Path, settings: Settings, genesis: Genesis, key: KeyPair, log: Any,
+                   validator_key: KeyPair | None = None) -> None:
+    runtime = NodeRuntime(home, settings, genesis, key, log, validator_key=validator_key)
     await runtime.run()
 

@@ -5,6 +5,10 @@ A node home holds:
     config.toml   the settings below (flat keys; unknown keys are an error)
     genesis.json  the network's genesis (every node of a network has the same file)
     node.key      the node's Ed25519 seed, 64 hex characters (mode 0600)
+    validator.key proof of stake only, optional: the validator's Ed25519 seed, 64 hex
+                  characters (mode 0600). Present: the node signs as that validator
+                  (proposals, votes), guarded by the slashing-protection record in
+                  chain.sqlite. Absent: the node follows the chain without signing.
     chain.sqlite  the store (node.store), created at first start
     rpc.cookie    the RPC bearer token, written at each start (mode 0600), removed at exit
     node.log      JSON log lines when the node runs under `chainlab testnet`
@@ -12,6 +16,14 @@ A node home holds:
 Each setting has one name used three ways: `p2p_port` in config.toml,
 `CHAINLAB_P2P_PORT` in the environment, `--p2p-port` on the command line. Later
 sources win: defaults < config.toml < environment < flags.
+
+`byzantine` (default empty: honest) is for tests and chaos runs only: a list of
+misbehaviours a validator commits on purpose, from BYZANTINE_BEHAVIOURS:
+"double-propose" (two blocks for one slot), "double-vote" (two votes for one target)
+and "surround-vote" (a vote surrounding an earlier one). Each skips the slashing
+protection on purpose, so the network sees slashable evidence. In config.toml a list
+(`byzantine = ["double-vote"]`), in the environment and on the command line a
+comma-separated string (`CHAINLAB_BYZANTINE=double-vote,surround-vote`).
 """
 
 import os
@@ -26,11 +38,14 @@ from consensus.genesis import Genesis
 CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.json"
 KEY_FILE = "node.key"
+VALIDATOR_KEY_FILE = "validator.key"
 STORE_FILE = "chain.sqlite"
 COOKIE_FILE = "rpc.cookie"
 LOG_FILE = "node.log"
 ENV_PREFIX = "CHAINLAB_"
 HASHRATE_MAX = 100_000_000
+# The values of node.core.NodeConfig.byzantine (the core's contract), in the order shown.
+BYZANTINE_BEHAVIOURS = ("double-propose", "double-vote", "surround-vote")
 
 
 class SettingsError(Exception):
@@ -49,6 +64,7 @@ class Settings:
     mining: bool = False  # mine continuously from the start
     hashrate: int = 20_000  # hashes per second cap of this node's miner; 0 = no cap
     log_level: str = "info"
+    byzantine: tuple[str, ...] = ()  # misbehave on purpose (tests, chaos runs); empty = honest
 
     def validate(self) -> None:
         for name in ("p2p_port", "rpc_port"):
@@ -61,6 +77,10 @@ class Settings:
             parse_address(address)
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError("log_level must be one of debug, info, warning, error")
+        unknown = [b for b in self.byzantine if b not in BYZANTINE_BEHAVIOURS]
+        if unknown:
+            raise SettingsError(f"byzantine: unknown behaviour(s) {', '.join(map(repr, unknown))}; choose from "
+                                f"{', '.join(BYZANTINE_BEHAVIOURS)} (comma-separated), or leave it empty")
 
     @property
     def advertised_address(self) -> str:
@@ -68,6 +88,14 @@ class Settings:
 
 
 SETTING_TYPES: dict[str, type] = {f.name: f.type for f in fields(Settings)}  # type: ignore[misc]
+
+# Comments settings_toml writes above a setting.
+_TOML_NOTES = {
+    "byzantine": [
+        "For tests and chaos runs only: make this node's validator misbehave on purpose, a list of",
+        f"{', '.join(BYZANTINE_BEHAVIOURS)}. Empty (the default) is honest.",
+    ],
+}
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -97,7 +125,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return tuple(a.strip() for a in value.split(",") if a.strip())
         if isinstance(value, list) and all(isinstance(a, str) for a in value):
             return tuple(value)
-    raise SettingsError(f"{source}: {name} = {value!r} is not a valid {getattr(kind, '__name__', 'list of host:port')}")
+    what = kind.__name__ if kind in (bool, int, str) else "comma-separated list"
+    raise SettingsError(f"{source}: {name} = {value!r} is not a valid {what}")
 
 
 def load_settings(home: Path, environ: dict[str, str] | None = None, flags: dict[str, Any] | None = None) -> Settings:
@@ -137,8 +166,11 @@ def _toml_value(value: Any) -> str:
 
 
 def settings_toml(settings: Settings) -> str:
-    lines = ["# chainlab node settings. Override any key with CHAINLAB_<KEY> or --<key> (dashes).",]
+    lines = ["# chainlab node settings. Override any key with CHAINLAB_<KEY> or --<key> (dashes).",
+             f"# Keys live next to this file: {KEY_FILE} (the node's identity) and, in proof-of-stake homes,",
+             f"# {VALIDATOR_KEY_FILE} (present: this node signs as that validator; absent: it only follows)."]
     for f in fields(Settings):
+        lines.extend(f"# {note}" for note in _TOML_NOTES.get(f.name, ()))
         lines.append(f"{f.name} = {_toml_value(getattr(settings, f.name))}")
     return "\n".join(lines) + "\n"
 
@@ -171,6 +203,18 @@ def read_key(path: Path) -> KeyPair:
     if len(seed) != 32:
         raise SettingsError(f"the key file {path} must hold 64 hex characters (a 32-byte Ed25519 seed)")
     return KeyPair.from_seed(seed)
+
+
+def read_validator_key(home: Path) -> KeyPair | None:
+    """The home's validator key (proof of stake), or None when the home has none."""
+    path = home / VALIDATOR_KEY_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        return read_key(path)
+    except SettingsError as exc:
+        raise SettingsError(f"{exc}; it is this node's validator key: restore it, or move it away to run the node "
+                            f"without validating") from None
 
 
 def read_genesis(path: Path) -> Genesis:

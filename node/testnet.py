@@ -5,6 +5,9 @@ is a network folder written by `node.homes.create_network` plus one file of ours
 
     nodes.json   {"consensus": ..., "nodes": [{"name", "home", "rpc_url", "p2p_address", "pid"}]}
 
+With `--consensus pos` every node is a genesis validator (its home holds validator.key)
+and no node mines; blocks come every 2 s slot from the chosen proposer.
+
 Each node runs as `python -m node.cli node --home node<i>` in its own session (so a
 Ctrl-C in the terminal reaches only this tool, which then stops the nodes in order),
 with stdout and stderr appended to node<i>/node.log. Pids are recorded so that
@@ -531,6 +534,7 @@ def _create(home: Path, *, nodes: int, consensus: str, seed: str, accounts: int,
         rpc_port_base = rpc_port_base or next(picked)
     _check_port_bases(nodes, p2p_port_base, rpc_port_base)
     try:
+        # Proof of stake: create_network makes every node a validator and turns mining off.
         create_network(home, consensus=consensus, nodes=nodes, accounts=accounts, seed=seed, preset="testnet",
                        p2p_port_base=p2p_port_base, rpc_port_base=rpc_port_base, mining=True, hashrate=hashrate)
     except SettingsError as exc:

@@ -28,13 +28,22 @@ import pytest
 from aiohttp import web
 
 from consensus.crypto import KeyPair, verify
-from consensus.presets import account_key
+from consensus.presets import account_key, validator_key
 from consensus.types import decode_transaction
-from node import cli_tools, testnet
+from node import cli, cli_tools, testnet
 from node.client import BadResponse, NodeUnreachable, RpcCallError, RpcClient, read_cookie, read_cookie_file
 from node.core import METHOD_NOT_FOUND, NOT_FOUND, TX_REJECTED, RpcError
 from node.rpc_server import UNAUTHORIZED, RpcServer
-from node.settings import COOKIE_FILE, LOG_FILE, SettingsError, write_key
+from node.settings import (
+    COOKIE_FILE,
+    LOG_FILE,
+    VALIDATOR_KEY_FILE,
+    SettingsError,
+    load_settings,
+    read_genesis,
+    read_validator_key,
+    write_key,
+)
 
 TOKEN = "ab" * 32
 CHAIN_ID = "chainlab-test"
@@ -286,15 +295,22 @@ def test_address_accepts_0x_and_upper_case():
     assert cli_tools.parse_address("0x" + "AB" * 20) == bytes([0xAB] * 20)
 
 
+def test_testnet_up_takes_pow_or_pos():
+    assert parser().parse_args(["testnet", "up"]).consensus == "pow"
+    assert parser().parse_args(["testnet", "up", "--consensus", "pos"]).consensus == "pos"
+
+
 def test_testnet_up_rejects_other_consensus_and_bad_counts(capsys):
-    for argv, message in ((["--consensus", "pos"], "invalid choice: 'pos'"), (["--nodes", "0"], "--nodes must be 1..64"),
+    for argv, message in ((["--consensus", "poa"], "invalid choice: 'poa' (choose from 'pow', 'pos')"),
+                          (["--nodes", "0"], "--nodes must be 1..64"),
                           (["--rpc-port", "70000"], "--rpc-port must be 0..65535")):
         with pytest.raises(SystemExit):
             parser().parse_args(["testnet", "up"] + argv)
         assert message in capsys.readouterr().err
 
 
-def test_every_option_has_help():
+@pytest.mark.parametrize("make", [parser, cli.build_parser], ids=["tools", "chainlab"])
+def test_every_option_has_help(make):
     def walk(p: argparse.ArgumentParser):
         for action in p._actions:
             if isinstance(action, argparse._SubParsersAction):
@@ -304,13 +320,76 @@ def test_every_option_has_help():
                     yield from walk(sub)
             elif not isinstance(action, argparse._HelpAction):
                 yield p.prog, action
-    checked = list(walk(parser()))
+    checked = list(walk(make()))
     assert len(checked) > 30
     for prog, action in checked:
         assert action.help, f"{prog} {action.option_strings or action.dest} has no help text"
 
 
 # --- building and signing a transfer ---------------------------------------------------------
+
+
+# --- chainlab genesis and chainlab node (proof of stake) ----------------------------------
+
+
+def test_genesis_pos_writes_validator_keys_matching_genesis_in_order(tmp_path: Path, capsys):
+    out = tmp_path / "net"
+    assert cli.main(["genesis", "--consensus", "pos", "--nodes", "3", "--accounts", "1", "--seed", "v",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    genesis = read_genesis(out / "genesis.json")
+    assert genesis.consensus == "pos" and genesis.param_dict["slot_ms"] == 2_000  # preset testnet by default
+    assert [stake for _, stake in genesis.validators] == [32_000_000] * 3
+    for i, (public_key, _) in enumerate(genesis.validators):
+        home = out / f"node{i}"
+        assert read_validator_key(home).public_key == public_key == validator_key("v", i).public_key
+        assert load_settings(home, {}, {}).mining is False
+        assert f"node{i}: {home}  validator {i} {public_key.hex()} stake 32000000" in printed
+    assert "(pos, preset testnet)" in printed
+
+
+def test_genesis_pos_stake_and_its_errors(tmp_path: Path, capsys):
+    assert cli.main(["genesis", "--consensus", "pos", "--nodes", "2", "--stake", "2000000", "--preset", "minimal",
+                     "--out", str(tmp_path / "a")]) == 0
+    assert [s for _, s in read_genesis(tmp_path / "a" / "genesis.json").validators] == [2_000_000] * 2
+    capsys.readouterr()
+    assert cli.main(["genesis", "--consensus", "pos", "--stake", "10", "--out", str(tmp_path / "b")]) == 2
+    assert "--stake must be at least the preset's stake_min" in capsys.readouterr().err
+    assert cli.main(["genesis", "--stake", "2000000", "--out", str(tmp_path / "c")]) == 2
+    assert "--stake is for --consensus pos" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["genesis", "--consensus", "poa", "--out", str(tmp_path / "d")])
+    assert "invalid choice: 'poa' (choose from 'pow', 'pos')" in capsys.readouterr().err
+
+
+def test_genesis_pow_writes_no_validator_keys(tmp_path: Path):
+    assert cli.main(["genesis", "--nodes", "2", "--out", str(tmp_path / "net")]) == 0
+    assert read_genesis(tmp_path / "net" / "genesis.json").validators == ()
+    assert not any((tmp_path / "net" / f"node{i}" / VALIDATOR_KEY_FILE).exists() for i in range(2))
+
+
+def test_node_byzantine_flag(tmp_path: Path, capsys):
+    args = cli.build_parser().parse_args(["node", "--home", "h", "--byzantine", "double-vote"])
+    assert args.byzantine == "double-vote"
+    assert cli.build_parser().parse_args(["node", "--home", "h"]).byzantine is None  # off by default
+    assert cli.main(["genesis", "--consensus", "pos", "--nodes", "1", "--out", str(tmp_path / "net")]) == 0
+    capsys.readouterr()
+    assert cli.main(["node", "--home", str(tmp_path / "net" / "node0"), "--byzantine", "double-vote,evil"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown behaviour(s) 'evil'; choose from double-propose, double-vote, surround-vote" in err
+
+
+def test_node_with_an_unreadable_validator_key_does_not_start(tmp_path: Path, capsys):
+    assert cli.main(["genesis", "--consensus", "pos", "--nodes", "1", "--out", str(tmp_path / "net")]) == 0
+    capsys.readouterr()
+    home = tmp_path / "net" / "node0"
+    (home / VALIDATOR_KEY_FILE).write_text("not a key\n")
+    assert cli.main(["node", "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert f"the key file {home / VALIDATOR_KEY_FILE} must hold 64 hex characters" in err
+    assert "it is this node's validator key" in err
+    assert not (home / "chain.sqlite").exists()  # refused before anything was opened
 
 
 def test_build_transfer_signs_for_the_chain():
@@ -683,6 +762,23 @@ def test_testnet_lifecycle_with_stub_nodes(tmp_path: Path, stub_nodes, capsys):
     assert [e.rpc_url for e in testnet.load_testnet(home).nodes] == [e.rpc_url for e in net.nodes]
     assert run(["testnet", "down", "--remove"] + base) == 0
     assert not home.exists()
+
+
+@pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")
+def test_testnet_up_pos_makes_every_node_a_validator(tmp_path: Path, stub_nodes, capsys):
+    home = tmp_path / "net"
+    assert run(["testnet", "up", "--consensus", "pos", "--nodes", "2", "--accounts", "1", "--seed", "tp",
+                "--p2p-port", "0", "--rpc-port", "0", "--detach", "--home", str(home)]) == 0
+    assert "testnet of 2 pos nodes is up" in capsys.readouterr().out
+    net = testnet.load_testnet(home)
+    assert net.consensus == "pos" and pids_alive(net) == [True, True]
+    genesis = read_genesis(home / "genesis.json")
+    assert genesis.param_dict["slot_ms"] == 2_000
+    for i, entry in enumerate(net.nodes):
+        node_home = Path(entry.home)
+        assert read_validator_key(node_home).public_key == genesis.validators[i][0] == validator_key("tp", i).public_key
+        assert load_settings(node_home, {}, {}).mining is False
+    assert run(["testnet", "down", "--remove", "--home", str(home)]) == 0
 
 
 @pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")

@@ -1,6 +1,7 @@
 """The SQLite store: what is persisted comes back in order after a reopen, a store is
-refused for another genesis or schema, and a node process killed with SIGKILL right
-after a commit loses nothing that was committed."""
+refused for another genesis or schema, the slashing-protection record commits with its
+Ready's blocks or not at all, and a node process killed with SIGKILL right after a
+commit loses nothing that was committed."""
 
 import os
 import signal
@@ -13,7 +14,7 @@ import pytest
 from consensus.presets import account_key, make_genesis
 from consensus.types import TX_TRANSFER, Transaction
 from node.core import NodeConfig, NodeCore
-from node.store import SqliteStore, StoreError
+from node.store import SCHEMA_VERSION, SqliteStore, StoreError
 
 
 class FixedRng:
@@ -72,6 +73,66 @@ def test_transactions_are_bounded_newest_kept(tmp_path):
     assert [t.nonce for t in store.load_transactions()] == [2, 3, 4]
 
 
+def test_protection_record_round_trip_with_blocks_in_one_transaction(tmp_path):
+    genesis = make_genesis()
+    blocks = mined_chain(genesis, 3)
+    store = SqliteStore(tmp_path / "node.db", genesis_hash=genesis.hash)
+    assert store.load_protection() is None  # a new store: nothing signed yet
+    store.persist(blocks[:1], [], [], b"record-1")
+    assert store.load_protection() == b"record-1"
+    store.persist(blocks[1:2], [], [])  # a Ready without a new record keeps the stored one
+    assert store.load_protection() == b"record-1"
+    store.persist([], [], [], b"record-2")  # a record alone (a vote, no block) is written too
+    store.persist(blocks[2:], ["a:1"], [transfer(genesis, 0)], b"record-3\x00\xff")
+    store.close()
+    store = SqliteStore(tmp_path / "node.db", genesis_hash=genesis.hash)
+    assert store.load_protection() == b"record-3\x00\xff"  # replaced, byte for byte
+    assert [b.hash for b in store.load_blocks()] == [b.hash for b in blocks]
+    assert store.db.execute("SELECT COUNT(*) FROM protection").fetchone()[0] == 1
+
+
+class BrokenTransaction:
+    """Encoding fails: a persist that raises after the protection record and blocks were written."""
+
+    txid = b"\x01" * 32
+
+    def encode(self) -> bytes:
+        raise RuntimeError("disk full, say")
+
+
+def test_a_persist_that_raises_leaves_neither_record_nor_blocks(tmp_path):
+    genesis = make_genesis()
+    blocks = mined_chain(genesis, 2)
+    store = SqliteStore(tmp_path / "node.db", genesis_hash=genesis.hash)
+    store.persist(blocks[:1], [], [], b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.persist(blocks[1:], ["a:1"], [BrokenTransaction()], b"new")
+    # Rolled back as one: the old record and the old blocks only, on this connection and on disk.
+    assert store.load_protection() == b"old" and [b.hash for b in store.load_blocks()] == [blocks[0].hash]
+    store.close()
+    store = SqliteStore(tmp_path / "node.db", genesis_hash=genesis.hash)
+    assert store.load_protection() == b"old"
+    assert [b.hash for b in store.load_blocks()] == [blocks[0].hash] and store.load_peers() == []
+    store.persist(blocks[1:], [], [], b"new")  # the store is usable afterwards
+    assert store.load_protection() == b"new"
+
+
+def test_a_store_of_the_previous_schema_is_refused_and_left_untouched(tmp_path):
+    genesis = make_genesis()
+    store = SqliteStore(tmp_path / "node.db", genesis_hash=genesis.hash)
+    store.db.execute("DROP TABLE protection")
+    store.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),))
+    store.close()
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION - 1}, this chainlab reads version "
+                                         f"{SCHEMA_VERSION}; move it away"):
+        SqliteStore(tmp_path / "node.db", genesis_hash=genesis.hash)
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "node.db")
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'protection'").fetchone() is None
+    db.close()
+
+
 def test_a_store_of_another_genesis_is_refused_with_a_clear_message(tmp_path):
     SqliteStore(tmp_path / "node.db", genesis_hash=make_genesis(seed="one").hash).close()
     with pytest.raises(StoreError, match="belongs to genesis"):
@@ -94,8 +155,9 @@ def test_garbage_file_is_refused(tmp_path):
 
 
 def test_sigkill_after_commits_loses_nothing_committed(tmp_path):
-    """A child process commits blocks one Ready at a time, reporting each commit on
-    stdout; we SIGKILL it mid-stream and check every reported commit is on disk."""
+    """A child process commits blocks one Ready at a time, each with a protection record
+    naming it, reporting each commit on stdout; we SIGKILL it mid-stream and check every
+    reported commit is on disk and the record matches the last block stored."""
     script = textwrap.dedent(f"""
         import sys
         from consensus.presets import make_genesis
@@ -105,7 +167,7 @@ def test_sigkill_after_commits_loses_nothing_committed(tmp_path):
         genesis = make_genesis()
         store = SqliteStore({str(tmp_path / "node.db")!r}, genesis_hash=genesis.hash)
         for i, block in enumerate(mined_chain(genesis, 400)):
-            store.persist([block], [], [])
+            store.persist([block], [], [], b"record-%d" % i)
             print(i, flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -122,3 +184,4 @@ def test_sigkill_after_commits_loses_nothing_committed(tmp_path):
     stored = store.load_blocks()
     assert len(stored) >= committed + 1
     assert [b.header.height for b in stored] == list(range(1, len(stored) + 1))
+    assert store.load_protection() == b"record-%d" % (len(stored) - 1)  # committed with its block, never apart
