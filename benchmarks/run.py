@@ -16,6 +16,7 @@ import benchlib  # noqa: F401  (puts the repository on sys.path)
 from benchlib import Figure, fmt, print_figures
 
 import bench_codec
+import bench_pos
 import bench_propagation
 import bench_rpc
 import bench_sim
@@ -26,6 +27,7 @@ import bench_transfers
 BENCHMARKS = [
     ("transfers", bench_transfers),
     ("sim", bench_sim),
+    ("pos", bench_pos),
     ("codec", bench_codec),
     # Real node processes on 127.0.0.1 (benchmarks/netlib.py); every process is stopped at the end.
     ("rpc", bench_rpc),

@@ -28,6 +28,11 @@ def address_of(public_key: bytes) -> bytes:
     return hashlib.sha256(b"chainlab/address" + public_key).digest()[:ADDRESS_BYTES]
 
 
+# Verification is a pure function of its three inputs, so its answers are memoised: a
+# vote or transaction checked once (on arrival) is not checked again when a block
+# carries it, and the simulator's nodes, which share a process, check each signature
+# once between them. An invalid signature stays invalid: the memo keeps False too.
+@functools.lru_cache(maxsize=1 << 16)
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when `signature` is a valid Ed25519 signature of `message` by `public_key`."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
