@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.crypto import ADDRESS_BYTES, KeyPair
-from consensus.types import TX_TRANSFER, Transaction
+from consensus.types import TX_STAKE, TX_TRANSFER, TX_UNSTAKE, Transaction
 from node import testnet
 from node.client import NodeUnreachable, RpcCallError, RpcClient, read_cookie, read_cookie_file
 from node.core import NOT_FOUND
@@ -103,7 +103,7 @@ def _testnet_command(run):
 def cmd_testnet_up(args: argparse.Namespace, home: Path) -> int:
     return testnet.up(home, nodes=args.nodes, consensus=args.consensus, seed=args.seed, accounts=args.accounts,
                       p2p_port_base=args.p2p_port, rpc_port_base=args.rpc_port, hashrate=args.hashrate,
-                      detach=args.detach, reset=args.reset)
+                      detach=args.detach, reset=args.reset, preset=args.preset)
 
 
 # --- target node ----------------------------------------------------------------------
@@ -176,10 +176,22 @@ async def _call(url: str, token: str | None, timeout_s: float, method: str, para
 # --- tx -------------------------------------------------------------------------------
 
 
-def build_transfer(key: KeyPair, chain_id: str, recipient: bytes, amount: int, fee: int, nonce: int) -> Transaction:
-    """A signed transfer; the node only ever sees the signature, never the key."""
-    unsigned = Transaction(TX_TRANSFER, chain_id, key.public_key, recipient, amount, fee, nonce, bytes(64))
+def build_transfer(key: KeyPair, chain_id: str, recipient: bytes, amount: int, fee: int, nonce: int,
+                   kind: int = TX_TRANSFER) -> Transaction:
+    """A signed transaction; the node only ever sees the signature, never the key. Stake and
+    unstake (proof of stake) go to the zero address; the key becomes the validator's."""
+    unsigned = Transaction(kind, chain_id, key.public_key, recipient, amount, fee, nonce, bytes(64))
     return unsigned._replace(signature=key.sign(unsigned.signing_bytes()))
+
+
+def cmd_tx_stake(args: argparse.Namespace) -> int:
+    args.to, args.kind = bytes(20), TX_STAKE
+    return cmd_tx_transfer(args)
+
+
+def cmd_tx_unstake(args: argparse.Namespace) -> int:
+    args.to, args.kind, args.amount = bytes(20), TX_UNSTAKE, 0
+    return cmd_tx_transfer(args)
 
 
 def cmd_tx_transfer(args: argparse.Namespace) -> int:
@@ -187,7 +199,7 @@ def cmd_tx_transfer(args: argparse.Namespace) -> int:
         key = read_key(Path(args.key))
     except SettingsError as exc:
         return _fail(str(exc), 2)
-    if key.address == args.to:
+    if getattr(args, "kind", TX_TRANSFER) == TX_TRANSFER and key.address == args.to:
         return _fail("--to is the sender's own address; a transfer to yourself is refused by the chain", 2)
     try:
         url, token = resolve_target(args.url, args.node, args.home, args.cookie)
@@ -216,7 +228,7 @@ async def _transfer(url: str, token: str | None, key: KeyPair, args: argparse.Na
             if not isinstance(account, dict) or not all(isinstance(account.get(k), int) for k in ("nonce", "pending")):
                 return _fail(f"chain_getAccount of {url} has no integer nonce and pending", 1)
             nonce = account["nonce"] + account["pending"]
-        tx = build_transfer(key, chain_id, args.to, args.amount, args.fee, nonce)
+        tx = build_transfer(key, chain_id, args.to, args.amount, args.fee, nonce, getattr(args, "kind", TX_TRANSFER))
         txid = await client.call("tx_send", tx.encode().hex())
         print(txid, flush=True)
         if txid != tx.txid.hex():
@@ -300,6 +312,9 @@ def _add_testnet(sub: "argparse._SubParsersAction") -> None:
                     help="RPC port of node0; node i uses base + i; 0 picks free ports (default: 8545)")
     up.add_argument("--hashrate", type=_int_in(0, 100_000_000, "--hashrate"), default=20_000,
                     help="pow: hashes per second cap of each node's miner; 0 = no cap (default: 20000)")
+    up.add_argument("--preset", choices=["testnet", "minimal"], default="testnet",
+                    help="parameter preset of a new testnet (default: testnet; minimal: 1 s blocks or slots, short "
+                         "epochs, for tests)")
     up.add_argument("--detach", action="store_true",
                     help="return once every node answers, leaving them running in the background")
     up.add_argument("--reset", action="store_true",
@@ -378,3 +393,26 @@ def _add_tx(sub: "argparse._SubParsersAction") -> None:
     transfer.add_argument("--confirmations", type=_int_in(1, CONFIRMATIONS_MAX, "--confirmations"), default=1,
                           metavar="C", help="with --wait, blocks on top of and including its block (default: 1)")
     transfer.set_defaults(func=cmd_tx_transfer)
+    for name, what, func in (
+        ("stake", "lock --amount from the key's account as a new validator's stake (proof of stake); it votes "
+                  "and proposes after the activation delay", cmd_tx_stake),
+        ("unstake", "start unbonding the key's whole stake (proof of stake); it returns to the account when the "
+                    "unbonding period ends", cmd_tx_unstake),
+    ):
+        p = kinds.add_parser(name, help=what.split(";")[0], description=what[0].upper() + what[1:] + ".")
+        p.add_argument("--key", required=True, metavar="FILE",
+                       help="the account's key file, which becomes (or is) the validator's key")
+        if name == "stake":
+            p.add_argument("--amount", required=True, type=_int_in(1, AMOUNT_MAX, "--amount"), metavar="N",
+                           help="stake to lock, at least the chain's stake_min")
+        p.add_argument("--fee", type=_int_in(1, AMOUNT_MAX, "--fee"), default=FEE_DEFAULT, metavar="F",
+                       help=f"fee for the block producer (default: {FEE_DEFAULT})")
+        p.add_argument("--nonce", type=_int_in(0, AMOUNT_MAX, "--nonce"), metavar="N",
+                       help="sender nonce to use (default: account nonce + pending transactions)")
+        _add_target_options(p)
+        p.add_argument("--wait", action="store_true", help="wait until the transaction is included")
+        p.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
+                       help="with --wait, give up after S seconds and exit 1 (default: 60)")
+        p.add_argument("--confirmations", type=_int_in(1, CONFIRMATIONS_MAX, "--confirmations"), default=1,
+                       metavar="C", help="with --wait, blocks on top of and including its block (default: 1)")
+        p.set_defaults(func=func)

@@ -478,6 +478,7 @@ def up(
     hashrate: int = 20_000,
     detach: bool = False,
     reset: bool = False,
+    preset: str = "testnet",
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
@@ -500,7 +501,7 @@ def up(
         print(f"resuming the testnet in {home} (its settings were fixed at creation; --reset starts a new one)", file=err)
     else:
         _create(home, nodes=nodes, consensus=consensus, seed=seed, accounts=accounts, p2p_port_base=p2p_port_base,
-                rpc_port_base=rpc_port_base, hashrate=hashrate, err=err)
+                rpc_port_base=rpc_port_base, hashrate=hashrate, err=err, preset=preset)
     try:
         genesis = read_genesis(home / GENESIS_FILE)
     except SettingsError as exc:
@@ -525,7 +526,7 @@ def _reset(home: Path) -> None:
 
 
 def _create(home: Path, *, nodes: int, consensus: str, seed: str, accounts: int, p2p_port_base: int,
-            rpc_port_base: int, hashrate: int, err: TextIO) -> None:
+            rpc_port_base: int, hashrate: int, err: TextIO, preset: str = "testnet") -> None:
     if not 1 <= nodes <= NODES_MAX:
         raise TestnetError(f"--nodes must be 1..{NODES_MAX}")
     if p2p_port_base == 0 or rpc_port_base == 0:
@@ -535,7 +536,7 @@ def _create(home: Path, *, nodes: int, consensus: str, seed: str, accounts: int,
     _check_port_bases(nodes, p2p_port_base, rpc_port_base)
     try:
         # Proof of stake: create_network makes every node a validator and turns mining off.
-        create_network(home, consensus=consensus, nodes=nodes, accounts=accounts, seed=seed, preset="testnet",
+        create_network(home, consensus=consensus, nodes=nodes, accounts=accounts, seed=seed, preset=preset,
                        p2p_port_base=p2p_port_base, rpc_port_base=rpc_port_base, mining=True, hashrate=hashrate)
     except SettingsError as exc:
         raise TestnetError(str(exc)) from None
