@@ -86,6 +86,9 @@ class NodeConfig:
     heartbeat_ms: int = 250  # the longest the core sleeps without a tick
     generate_blocks_max: int = 1_000  # miner_generate(n): n at most this
     mempool_list_max: int = 1_000
+    # Votes to relay wait this long to go out together (a slot's votes arrive within a
+    # few tens of ms); well inside a slot, so they still reach the next proposer.
+    vote_batch_ms: int = 100
     # For tests and chaos runs only: make this validator misbehave on purpose
     # (consensus.pos.producer.BYZANTINE_SWITCHES). Empty, i.e. honest, by default.
     byzantine: frozenset[str] = frozenset()
@@ -284,6 +287,7 @@ class NodeCore:
         self._closing: dict[int, Connection] = {}  # closed by us, Goodbye not yet flushed
         self._dials: list[str] = []
         self._gossip_out: dict[tuple[str, int], list[bytes]] = {}  # (peer node id, topic) -> payloads
+        self._votes_flush_at_ms = 0  # votes queued for peers go out at this time
         self._replies: list[RpcReply] = []
         self._logs: list[dict] = []
         self._mining_changed = False
@@ -362,7 +366,8 @@ class NodeCore:
             mining=self.work,
             replies=self._replies,
             logs=self._logs,
-            wake_at_ms=self.now_ms + self.config.heartbeat_ms,
+            wake_at_ms=min(self.now_ms + self.config.heartbeat_ms,
+                           self._votes_flush_at_ms if self._votes_flush_at_ms > self.now_ms else 2**63),
         )
         self._persist_blocks, self._persist_peers, self._persist_transactions = [], [], []
         self._persist_protection = None
@@ -734,11 +739,20 @@ class NodeCore:
         ready = sorted(p.node_id for p in self._ready_peers() if p.node_id is not None)
         for node_id in self.router.choose_targets(ready, exclude):
             self._gossip_out.setdefault((node_id, topic), []).append(payload)
+        if topic == Topic.VOTES and self._votes_flush_at_ms <= self.now_ms:
+            self._votes_flush_at_ms = self.now_ms + self.config.vote_batch_ms
 
     def _flush_gossip(self) -> None:
+        # Votes wait up to vote_batch_ms so that a slot's votes, which all arrive within
+        # moments, travel on as a few batches instead of one message each.
+        held = {}
+        if self.now_ms < self._votes_flush_at_ms:
+            held = {k: v for k, v in self._gossip_out.items() if k[1] == Topic.VOTES}
         # Per peer, blocks before anything else: they are what propagation time is about.
         for (node_id, topic), payloads in sorted(self._gossip_out.items(),
                                                  key=lambda kv: (kv[0][0], kv[0][1] != Topic.BLOCKS, kv[0][1])):
+            if (node_id, topic) in held:
+                continue
             conn_id = self.by_node_id.get(node_id)
             peer = self.peers.get(conn_id) if conn_id is not None else None
             if peer is None or not peer.ready:
@@ -755,7 +769,7 @@ class NodeCore:
                 batch.append(payload)
                 size += len(payload)
             peer.conn.send(GossipBatch(topic, tuple(batch)) if len(batch) > 1 else Gossip(topic, batch[0]))
-        self._gossip_out.clear()
+        self._gossip_out = held
 
     def _publish(self, topic: int, payload: bytes) -> None:
         self.router.publish(topic, payload, self.now_ms)

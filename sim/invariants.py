@@ -78,6 +78,16 @@ def check_no_honest_slashed(views: list[ChainView], byzantine: set[int]) -> Verd
     return Verdict(name, True, f"slashed: {slashed or 'none'}; byzantine: {sorted(byzantine) or 'none'}")
 
 
+def check_byzantine_slashed(views: list[ChainView], byzantine: set[int]) -> Verdict:
+    """Every misbehaving validator is slashed in every node's chain (by the run's end)."""
+    name = "every byzantine validator slashed on every node"
+    for v in views:
+        missing = sorted(byzantine - set(v.extra.get("slashed", [])))
+        if missing:
+            return Verdict(name, False, f"{v.node} has not slashed {missing}")
+    return Verdict(name, True, f"{sorted(byzantine)} slashed on {len(views)} nodes" if byzantine else "no byzantine validators")
+
+
 def check_common_prefix(views: list[ChainView], k: int) -> Verdict:
     """Every two nodes agree on every height at least k below the lower of their heads."""
     name = f"common prefix below the last {k} blocks"

@@ -20,6 +20,7 @@ from sim.invariants import (
     check_common_prefix,
     check_finalized_agree,
     check_no_honest_slashed,
+    check_byzantine_slashed,
     check_heads_agree,
     check_identical_at_equal_heights,
     check_no_double_apply,
@@ -280,6 +281,9 @@ class RunChecks:
                 entry = core.tree.canonical_at(height)
                 if entry is None or entry.hash != block_hash:
                     self.failures.append(f"node {node.index}: final block at height {height} changed")
+                if core.tree.final_height < height:
+                    self.failures.append(f"node {node.index}: final height went back from {height} to "
+                                         f"{core.tree.final_height}")
             final = core.tree.canonical[core.tree.final_height]
             self.final[node.index] = (final.height, final.hash)
 
@@ -375,6 +379,7 @@ def run_simulation(config: SimConfig) -> SimResult:
         check_heads_agree(views),
         check_finalized_agree(views),
         check_no_honest_slashed(views, set(config.byzantine)),
+        check_byzantine_slashed(views, set(config.byzantine)),
         Verdict("checks after every event (supply, final blocks)", not checks.failures,
                 "; ".join(checks.failures[:3]) or f"{cluster.events_processed} events checked"),
     ]
