@@ -455,7 +455,9 @@ class NodeCore:
         """A validator's proposals and votes for the current slot (proof of stake)."""
         if self.validator is None:
             return
-        candidates = self.mempool.select(self.tree.head_state(), self.config.block_transactions_max)
+        def candidates() -> list:  # asked for only when this validator proposes
+            return self.mempool.select(self.tree.head_state(), self.config.block_transactions_max)
+
         duties = self.validator.on_tick(self.tree, self.now_ms, candidates, self.config.block_transactions_max)
         if duties.protection is not None:
             self._persist_protection = duties.protection  # stored before this Ready's sends

@@ -17,7 +17,7 @@ default); each skips the protection record on purpose:
                   which surrounds its honest link of the slot
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from consensus.crypto import KeyPair, sha256
 from consensus.errors import ValidationError
@@ -70,7 +70,9 @@ class Producer:
                     break
         return self._index
 
-    def on_tick(self, tree: Any, now_ms: int, candidates: list[Transaction], transactions_max: int) -> Duties:
+    def on_tick(self, tree: Any, now_ms: int, candidates: Callable[[], list[Transaction]],
+                transactions_max: int) -> Duties:
+        """`candidates()` gives the mempool's transactions, asked for only when proposing."""
         engine = self.engine
         duties = Duties([], [], None, [])
         slot = engine.slot_at(now_ms)
@@ -86,7 +88,7 @@ class Producer:
             self.last_proposed_slot = slot
             try:
                 record = record.record_proposal(slot)
-                duties.blocks.append(self._block(tree, head, slot, me, candidates, transactions_max))
+                duties.blocks.append(self._block(tree, head, slot, me, candidates(), transactions_max))
             except Refused as exc:
                 duties.refused.append(f"proposal at slot {slot}: {exc}")
             if "double-propose" in self.byzantine:
