@@ -348,6 +348,38 @@ def _add_testnet(sub: "argparse._SubParsersAction") -> None:
     dn.add_argument("--remove", action="store_true", help="delete the testnet folder after stopping the nodes")
     dn.set_defaults(func=_testnet_command(lambda args, home: testnet.down(home, args.remove)))
 
+    co = commands.add_parser(
+        "compose", help="write a docker compose file for a testnet of N containers",
+        description="Write a Docker Compose file (to stdout, or --out FILE, replacing it) for a testnet of N "
+                    "nodes in containers: a genesis step, then node0..node<N-1>, each with its own volume, RPC "
+                    "published on 127.0.0.1 (node i on --rpc-port + i). The repository's docker-compose.yml is "
+                    "`chainlab testnet compose --nodes 4`.",
+    )
+    co.add_argument("--nodes", type=_int_in(1, 64, "--nodes"), default=4, help="number of nodes (default: 4)")
+    co.add_argument("--consensus", choices=["pow", "pos"], default="pos",
+                    help="engine of a new network unless $CONSENSUS says otherwise at `up` (default: pos)")
+    co.add_argument("--rpc-port", type=_int_in(1, 65_535, "--rpc-port"), default=8545,
+                    help="host port of node0's RPC; node i uses base + i (default: 8545)")
+    co.add_argument("--out", metavar="FILE", help="file to write (default: stdout)")
+    co.set_defaults(func=cmd_testnet_compose)
+
+
+def cmd_testnet_compose(args: argparse.Namespace) -> int:
+    from node.compose import compose_file
+
+    try:
+        text = compose_file(args.nodes, args.consensus, args.rpc_port)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.out).write_text(text)
+    except OSError as exc:
+        return _fail(f"cannot write {args.out}: {exc.strerror or exc}", 1)
+    return 0
+
 
 def _add_rpc(sub: "argparse._SubParsersAction") -> None:
     parser = sub.add_parser(

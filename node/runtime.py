@@ -238,7 +238,7 @@ class NodeRuntime:
                         async with asyncio.timeout(delay):
                             batch.append(await self.inbox.get())
                     except TimeoutError:
-                        pass
+                        pass  # nothing arrived before the wake-up time: tick
             while len(batch) < BATCH_EVENTS_MAX and not self.inbox.empty():
                 batch.append(self.inbox.get_nowait())
             now = now_ms()
