@@ -541,7 +541,9 @@ class PosEngine:
             fc.on_block(added.hash, added.header.parent, self.slot_of(added.header))
             body = decode_body(added.block.consensus)
             for a in body.attestations:
-                fc.on_attestation(a.validator, a.data.target.epoch, a.data.head)
+                # Validators vote every slot: the latest message is the vote of the latest
+                # slot, so the slot (not the target epoch) orders a validator's messages.
+                fc.on_attestation(a.validator, a.data.slot, a.data.head)
                 evidence = self.detector.on_attestation(a)
                 if evidence is not None:
                     self.pool.add_evidence(evidence)
@@ -682,7 +684,7 @@ class PosEngine:
         self.pool.prune(s.slot)
         if tree.get(a.data.head) is None:
             return True  # kept for a block; the fork choice learns it when the block is known
-        self._fork_choice(tree).on_attestation(a.validator, a.data.target.epoch, a.data.head)
+        self._fork_choice(tree).on_attestation(a.validator, a.data.slot, a.data.head)  # latest slot wins
         return True
 
 
