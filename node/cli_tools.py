@@ -414,16 +414,7 @@ def _add_tx(sub: "argparse._SubParsersAction") -> None:
                           help="recipient address, 40 hex characters")
     transfer.add_argument("--amount", required=True, type=_int_in(1, AMOUNT_MAX, "--amount"), metavar="N",
                           help="coins to send, a positive whole number")
-    transfer.add_argument("--fee", type=_int_in(1, AMOUNT_MAX, "--fee"), default=FEE_DEFAULT, metavar="F",
-                          help=f"fee for the block producer, at least the chain's fee_min (1 on the testnet preset) (default: {FEE_DEFAULT})")
-    transfer.add_argument("--nonce", type=_int_in(0, AMOUNT_MAX, "--nonce"), metavar="N",
-                          help="sender nonce to use (default: account nonce + pending transactions)")
-    _add_target_options(transfer)
-    transfer.add_argument("--wait", action="store_true", help="wait until the transaction is included")
-    transfer.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
-                          help="with --wait, give up after S seconds and exit 1 (default: 60)")
-    transfer.add_argument("--confirmations", type=_int_in(1, CONFIRMATIONS_MAX, "--confirmations"), default=1,
-                          metavar="C", help="with --wait, blocks on top of and including its block (default: 1)")
+    _add_submit_options(transfer)
     transfer.set_defaults(func=cmd_tx_transfer)
     for name, what, func in (
         ("stake", "lock --amount from the key's account as a new validator's stake (proof of stake); it votes "
@@ -437,14 +428,20 @@ def _add_tx(sub: "argparse._SubParsersAction") -> None:
         if name == "stake":
             p.add_argument("--amount", required=True, type=_int_in(1, AMOUNT_MAX, "--amount"), metavar="N",
                            help="stake to lock, at least the chain's stake_min")
-        p.add_argument("--fee", type=_int_in(1, AMOUNT_MAX, "--fee"), default=FEE_DEFAULT, metavar="F",
-                       help=f"fee for the block producer (default: {FEE_DEFAULT})")
-        p.add_argument("--nonce", type=_int_in(0, AMOUNT_MAX, "--nonce"), metavar="N",
-                       help="sender nonce to use (default: account nonce + pending transactions)")
-        _add_target_options(p)
-        p.add_argument("--wait", action="store_true", help="wait until the transaction is included")
-        p.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
-                       help="with --wait, give up after S seconds and exit 1 (default: 60)")
-        p.add_argument("--confirmations", type=_int_in(1, CONFIRMATIONS_MAX, "--confirmations"), default=1,
-                       metavar="C", help="with --wait, blocks on top of and including its block (default: 1)")
+        _add_submit_options(p)
         p.set_defaults(func=func)
+
+
+def _add_submit_options(parser: argparse.ArgumentParser) -> None:
+    """Fee, nonce, target node and waiting: the same for every transaction kind."""
+    parser.add_argument("--fee", type=_int_in(1, AMOUNT_MAX, "--fee"), default=FEE_DEFAULT, metavar="F",
+                        help=f"fee for the block producer, at least the chain's fee_min (1 on the testnet preset) "
+                             f"(default: {FEE_DEFAULT})")
+    parser.add_argument("--nonce", type=_int_in(0, AMOUNT_MAX, "--nonce"), metavar="N",
+                        help="sender nonce to use (default: account nonce + pending transactions)")
+    _add_target_options(parser)
+    parser.add_argument("--wait", action="store_true", help="wait until the transaction is included")
+    parser.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
+                        help="with --wait, give up after S seconds and exit 1 (default: 60)")
+    parser.add_argument("--confirmations", type=_int_in(1, CONFIRMATIONS_MAX, "--confirmations"), default=1,
+                        metavar="C", help="with --wait, blocks on top of and including its block (default: 1)")
