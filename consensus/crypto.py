@@ -57,6 +57,12 @@ def _public_key(public_key: bytes) -> Ed25519PublicKey | None:
         return None
 
 
+@functools.lru_cache(maxsize=1 << 10)
+def _private_key(seed: bytes) -> Ed25519PrivateKey:
+    # Parsed once per key: a validator signs every slot, and parsing costs as much as signing.
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPair:
     """An Ed25519 key pair. `seed` is the 32-byte private key; keep it secret."""
@@ -88,7 +94,7 @@ class KeyPair:
         return address_of(self.public_key)
 
     def sign(self, message: bytes) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
+        return _private_key(self.seed).sign(message)
 
     def __repr__(self) -> str:  # never print the seed
         return f"KeyPair(public_key={self.public_key.hex()})"

@@ -83,12 +83,15 @@ class NodeConfig:
     mempool_per_sender_max: int = 256  # nonces a sender may queue ahead of the chain
     block_transactions_max: int = 4_000  # what this node puts in a block it makes (consensus allows 4,096)
     mining_refresh_ms: int = 1_000  # rebuild a template for new transactions at most this often
-    heartbeat_ms: int = 250  # the longest the core sleeps without a tick
+    heartbeat_ms: int = 1_000  # the longest the core sleeps without a tick (validators also wake for their duties)
     generate_blocks_max: int = 1_000  # miner_generate(n): n at most this
     mempool_list_max: int = 1_000
     # Votes to relay wait this long to go out together (a slot's votes arrive within a
     # few tens of ms); well inside a slot, so they still reach the next proposer.
     vote_batch_ms: int = 100
+    # Transactions to relay wait this long: long enough that the copies other peers send
+    # meanwhile show who has one already. Blocks never wait.
+    tx_batch_ms: int = 250
     # For tests and chaos runs only: make this validator misbehave on purpose
     # (consensus.pos.producer.BYZANTINE_SWITCHES). Empty, i.e. honest, by default.
     byzantine: frozenset[str] = frozenset()
@@ -224,6 +227,7 @@ class Peer:
     ping_nonce: int | None = None
     next_ping_ms: int = 0
     requests: int = 0  # in flight to this peer
+    known_block: bytes | None = None  # the last block it sent us or we sent it
 
     @property
     def ready(self) -> bool:
@@ -287,7 +291,9 @@ class NodeCore:
         self._closing: dict[int, Connection] = {}  # closed by us, Goodbye not yet flushed
         self._dials: list[str] = []
         self._gossip_out: dict[tuple[str, int], list[bytes]] = {}  # (peer node id, topic) -> payloads
-        self._votes_flush_at_ms = 0  # votes queued for peers go out at this time
+        # Votes and transactions waiting to go on (in arrival order) -> the peers that have them.
+        self._held_out: dict[int, dict[bytes, set[str]]] = {Topic.VOTES: {}, Topic.TRANSACTIONS: {}}
+        self._held_flush_at_ms: dict[int, int] = {Topic.VOTES: 0, Topic.TRANSACTIONS: 0}  # held topic -> when it goes out
         self._replies: list[RpcReply] = []
         self._logs: list[dict] = []
         self._mining_changed = False
@@ -315,6 +321,7 @@ class NodeCore:
         self.validator = (self.engine.make_producer(validator_key, stored_protection, config.byzantine)
                           if validator_key is not None else None)
         self._persist_protection: bytes | None = None
+        self._votes_arrived = False
         self.blocks_proposed = 0
         self.votes_made = 0
 
@@ -339,6 +346,11 @@ class NodeCore:
             self._on_miner_report(event)
         else:
             raise AssertionError(f"unknown input {event!r}")
+        if self._votes_arrived:
+            # Votes can move the head without a block (LMD-GHOST). A batch of votes moves
+            # it once: the fork choice is asked after the whole input, not after each vote.
+            self._votes_arrived = False
+            self._reconsider_head()
         self._maybe_refresh_work()
 
     def ready(self) -> Ready:
@@ -348,11 +360,12 @@ class NodeCore:
             data = self.peers[conn_id].conn.data_to_send()
             if data:
                 sends.append((conn_id, data))
-        for conn_id in sorted(self._closing):
-            data = self._closing[conn_id].data_to_send()
-            if data:
-                sends.append((conn_id, data))
-        self._closing.clear()
+        if self._closing:
+            for conn_id in sorted(self._closing):
+                data = self._closing[conn_id].data_to_send()
+                if data:
+                    sends.append((conn_id, data))
+            self._closing.clear()
         ready = Ready(
             now_ms=self.now_ms,
             persist_blocks=self._persist_blocks,
@@ -367,7 +380,8 @@ class NodeCore:
             replies=self._replies,
             logs=self._logs,
             wake_at_ms=min(self.now_ms + self.config.heartbeat_ms,
-                           self._votes_flush_at_ms if self._votes_flush_at_ms > self.now_ms else 2**63),
+                           *(at for topic, at in self._held_flush_at_ms.items() if at > self.now_ms and self._held_out[topic]),
+                           self.validator.next_duty_ms(self.now_ms) if self.validator is not None else 2**63),
         )
         self._persist_blocks, self._persist_peers, self._persist_transactions = [], [], []
         self._persist_protection = None
@@ -433,7 +447,10 @@ class NodeCore:
             if now - peer.last_received_ms > self.p2p.peer_timeout_ms:
                 self._disconnect(peer, Reason.TIMEOUT, f"silent for {now - peer.last_received_ms} ms")
                 continue
-            if now >= peer.next_ping_ms:
+            if now >= peer.next_ping_ms and now - peer.last_received_ms < self.p2p.ping_interval_ms:
+                # Heard from it lately: that shows it alive as well as a pong would.
+                peer.next_ping_ms = peer.last_received_ms + self.p2p.ping_interval_ms
+            elif now >= peer.next_ping_ms:
                 peer.ping_nonce = self.rng.getrandbits(63)
                 peer.conn.send(Ping(peer.ping_nonce))
                 peer.next_ping_ms = now + self.p2p.ping_interval_ms
@@ -445,7 +462,10 @@ class NodeCore:
         if now >= self._next_status_ms:
             self._next_status_ms = now + self.p2p.status_interval_ms
             status = Status(self.head_summary())
+            head = status.head.hash
             for peer in self._ready_peers():
+                if peer.known_block == head or (peer.head is not None and peer.head.hash == head):
+                    continue  # it has our head already: a Status would tell it nothing
                 peer.conn.send(status)
         self._dial_more()
         self._sync_from_peers()
@@ -469,7 +489,7 @@ class NodeCore:
                 self.blocks_proposed += 1
                 self._log("block_proposed", height=block.header.height, hash=block.hash.hex(),
                           transactions=len(block.transactions))
-                self._publish(Topic.BLOCKS, block.encode())
+                self._publish(Topic.BLOCKS, block.encode(), block_hash=block.hash)
             else:
                 self._log("proposed_block_refused", height=block.header.height, verdict=verdict.value)
         for vote in duties.votes:
@@ -477,7 +497,7 @@ class NodeCore:
             self._on_vote_payload(vote)
             self._publish(Topic.VOTES, vote)
         if duties.votes:
-            self._reconsider_head()
+            self._votes_arrived = True
 
     def _on_vote_payload(self, payload: bytes) -> bool | None:
         return self.engine.on_vote(self.tree, payload)
@@ -556,6 +576,10 @@ class NodeCore:
 
     def _ready_peers(self) -> list[Peer]:
         return [self.peers[c] for c in sorted(self.peers) if self.peers[c].ready]
+
+    def _ready_peer_ids(self) -> list[str]:
+        """Node ids of the peers past the handshake, sorted (what gossip draws targets from)."""
+        return sorted([p.node_id for p in self.peers.values() if p.conn.state is ConnState.READY and p.node_id])
 
     def _dial_more(self) -> None:
         outbound = sum(1 for p in self.peers.values() if p.outbound) + len(self.dialing)
@@ -725,6 +749,12 @@ class NodeCore:
             return  # topics nobody here speaks: ignored, not an offence
         msg_id = self.router.on_receive(msg.topic, msg.payload, self.now_ms)
         if msg_id is None:
+            held = self._held_out.get(msg.topic)
+            if held is not None:
+                # The sender has this message: it will not be sent back to them.
+                have = held.get(msg.payload)
+                if have is not None:
+                    have.add(peer.node_id)
             return  # a duplicate, counted by the router
         if msg.topic == Topic.TRANSACTIONS:
             verdict = self._on_gossip_transaction(peer, msg.payload)
@@ -733,28 +763,48 @@ class NodeCore:
         else:
             verdict = self._on_gossip_vote(peer, msg.payload)
         if verdict is Verdict.ACCEPT:
-            self._forward(msg.topic, msg.payload, exclude=peer.node_id)
+            self._forward(msg.topic, msg.payload, exclude=peer.node_id,
+                          block_hash=peer.known_block if msg.topic == Topic.BLOCKS else None)
 
-    def _forward(self, topic: int, payload: bytes, exclude: str | None) -> None:
+    def _forward(self, topic: int, payload: bytes, exclude: str | None, block_hash: bytes | None = None) -> None:
         """Queue a gossip message for up to `fanout` peers; `ready()` sends what is queued
-        for each peer as one Gossip or GossipBatch per topic, in order."""
-        ready = sorted(p.node_id for p in self._ready_peers() if p.node_id is not None)
-        for node_id in self.router.choose_targets(ready, exclude):
+        for each peer as one Gossip or GossipBatch per topic, in order. A block's hash is
+        noted as known to the peers it goes to (they need no Status about it)."""
+        held = self._held_out.get(topic)
+        if held is not None:
+            # Targets are drawn when the batch goes out, once for all its messages.
+            held.setdefault(payload, set()).update([exclude] if exclude is not None else [])
+            if self._held_flush_at_ms[topic] <= self.now_ms:
+                self._held_flush_at_ms[topic] = self.now_ms + (
+                    self.config.vote_batch_ms if topic == Topic.VOTES else self.config.tx_batch_ms)
+            return
+        for node_id in self.router.choose_targets(self._ready_peer_ids(), exclude):
             self._gossip_out.setdefault((node_id, topic), []).append(payload)
-        if topic == Topic.VOTES and self._votes_flush_at_ms <= self.now_ms:
-            self._votes_flush_at_ms = self.now_ms + self.config.vote_batch_ms
+            if block_hash is not None:
+                self.peers[self.by_node_id[node_id]].known_block = block_hash
 
     def _flush_gossip(self) -> None:
-        # Votes wait up to vote_batch_ms so that a slot's votes, which all arrive within
-        # moments, travel on as a few batches instead of one message each.
-        held = {}
-        if self.now_ms < self._votes_flush_at_ms:
-            held = {k: v for k, v in self._gossip_out.items() if k[1] == Topic.VOTES}
+        # Votes and transactions wait (vote_batch_ms, tx_batch_ms) so that a slot's votes, which
+        # all arrive within moments, travel on as one batch to each of `fanout` peers
+        # drawn for the batch, less what a peer sent us itself (its duplicates meanwhile
+        # say it has them). Blocks go at once: they are what propagation time is about.
+        out = self._gossip_out
+        due = [topic for topic, held in self._held_out.items() if held and self.now_ms >= self._held_flush_at_ms[topic]]
+        if due:
+            ready = self._ready_peer_ids()
+            for topic in due:
+                held = self._held_out[topic]
+                for node_id in self.router.choose_targets(ready, None):
+                    payloads = [payload for payload, have in held.items() if node_id not in have]
+                    if payloads:
+                        out[(node_id, topic)] = payloads
+                held.clear()
+        if not out:
+            return
+        self._gossip_out = {}
         # Per peer, blocks before anything else: they are what propagation time is about.
-        for (node_id, topic), payloads in sorted(self._gossip_out.items(),
+        for (node_id, topic), payloads in sorted(out.items(),
                                                  key=lambda kv: (kv[0][0], kv[0][1] != Topic.BLOCKS, kv[0][1])):
-            if (node_id, topic) in held:
-                continue
             conn_id = self.by_node_id.get(node_id)
             peer = self.peers.get(conn_id) if conn_id is not None else None
             if peer is None or not peer.ready:
@@ -771,11 +821,10 @@ class NodeCore:
                 batch.append(payload)
                 size += len(payload)
             peer.conn.send(GossipBatch(topic, tuple(batch)) if len(batch) > 1 else Gossip(topic, batch[0]))
-        self._gossip_out = held
 
-    def _publish(self, topic: int, payload: bytes) -> None:
+    def _publish(self, topic: int, payload: bytes, block_hash: bytes | None = None) -> None:
         self.router.publish(topic, payload, self.now_ms)
-        self._forward(topic, payload, exclude=None)
+        self._forward(topic, payload, exclude=None, block_hash=block_hash)
 
     def _on_gossip_transaction(self, peer: Peer, payload: bytes) -> Verdict:
         try:
@@ -801,7 +850,7 @@ class NodeCore:
             return Verdict.REJECT
         if outcome is None:
             return Verdict.IGNORE
-        self._reconsider_head()
+        self._votes_arrived = True  # the head is reconsidered once, at the end of the step
         return Verdict.ACCEPT
 
     def _on_gossip_block(self, peer: Peer, payload: bytes) -> Verdict:
@@ -810,6 +859,7 @@ class NodeCore:
         except DecodeError as exc:
             self._penalise(peer, Offence.MALFORMED_MESSAGE, f"malformed block: {exc}")
             return Verdict.REJECT
+        peer.known_block = block.hash  # the sender has it
         # The sender has at least this block; a better head summary comes with Status.
         return self._import_block(block, peer)
 
@@ -1030,7 +1080,7 @@ class NodeCore:
             return
         self.blocks_mined += 1
         self._log("block_mined", height=block.header.height, hash=block.hash.hex(), transactions=len(block.transactions))
-        self._publish(Topic.BLOCKS, block.encode())
+        self._publish(Topic.BLOCKS, block.encode(), block_hash=block.hash)
         if self.generate_pending:
             pending = self.generate_pending[0]
             pending[1] -= 1

@@ -111,6 +111,8 @@ class Connection:
         return True
 
     def data_to_send(self) -> bytes:
+        if not self._outbound:
+            return b""
         data = b"".join(self._outbound)
         self._outbound.clear()
         return data

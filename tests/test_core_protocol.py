@@ -198,6 +198,12 @@ class Net:
             self.step(i, Tick(now_ms))
         self.run()
 
+    def relay_held(self) -> None:
+        """Let the transactions and votes each node holds for relaying go out (they wait
+        up to tx_batch_ms / vote_batch_ms to travel in batches)."""
+        config = self.nodes[0].config
+        self.tick(max(n.now_ms for n in self.nodes) + max(config.tx_batch_ms, config.vote_batch_ms))
+
     def rpc(self, i: int, method: str, params=None) -> RpcReply:
         self._rpc_id += 1
         rid = self._rpc_id
@@ -296,6 +302,8 @@ def test_a_sent_transaction_reaches_the_peer_and_is_mined_there():
     transfer = signed_transfer(0, 0)
     reply = net.rpc(0, "tx_send", [transfer.encode().hex()])
     assert reply == RpcReply(reply.request_id, transfer.txid.hex(), None)
+    assert transfer.txid not in net.nodes[1].mempool  # held tx_batch_ms to go out in a batch
+    net.relay_held()
     assert transfer.txid in net.nodes[1].mempool  # gossiped
     block_hash = net.mine(1)
     assert net.head(0) == block_hash
@@ -429,6 +437,7 @@ def test_transactions_admitted_in_one_step_go_out_as_one_batch_per_peer():
         net.nodes[0].step(RpcCalled(900 + n, "tx_send", [tx.encode().hex()]))
     net.pump(0)
     net.run()
+    net.relay_held()
     raw.exchange()
     gossip = [e.message for e in raw.events if isinstance(getattr(e, "message", None), (Gossip, GossipBatch))]
     assert gossip == [GossipBatch(Topic.TRANSACTIONS, tuple(tx.encode() for tx in transfers))]
@@ -440,6 +449,7 @@ def test_a_batch_is_taken_payload_by_payload_and_a_bad_payload_bans_the_sender()
     raw = RawPeer(net, 1)
     good = [signed_transfer(2, n) for n in range(3)]
     raw.send(GossipBatch(Topic.TRANSACTIONS, tuple(tx.encode() for tx in good)))
+    net.relay_held()
     assert all(tx.txid in net.nodes[1].mempool and tx.txid in net.nodes[0].mempool for tx in good)
     assert net.nodes[1].router.messages_first == 3
     raw.send(GossipBatch(Topic.TRANSACTIONS, (good[0].encode(), b"not a transaction", signed_transfer(2, 3).encode())))

@@ -128,7 +128,10 @@ def encode_vote(attestation: Attestation) -> bytes:
     return codec.encode(_plain(attestation))
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def decode_vote(data: bytes) -> Attestation:
+    """Bounded decode of a gossiped vote (memoised: immutable, and the simulator's nodes,
+    which share one process, each receive the same vote)."""
     return read_attestation(codec.decode(data, bytes_max=1024))
 
 
@@ -266,6 +269,7 @@ class VotePool:
     def __init__(self, slots_per_epoch: int):
         self.slots_per_epoch = slots_per_epoch
         self.votes: dict[tuple[int, int], Attestation] = {}  # (slot, validator) -> vote
+        self._pruned_below = -1
         self.proposer_slashings: list[ProposerSlashing] = []
         self.attester_slashings: list[AttesterSlashing] = []
 
@@ -278,6 +282,9 @@ class VotePool:
 
     def prune(self, slot: int) -> None:
         floor = slot - 2 * self.slots_per_epoch
+        if floor <= self._pruned_below:
+            return  # pruned at this slot already: the pool is swept once a slot, not once a vote
+        self._pruned_below = floor
         for key in [k for k in self.votes if k[0] < floor]:
             del self.votes[key]
 
@@ -537,6 +544,7 @@ class PosEngine:
 
     def choose_head(self, tree: Any, added: Any) -> Any:
         fc = self._fork_choice(tree)
+        self._prune_at_finality(tree, fc)
         if added is not None:
             fc.on_block(added.hash, added.header.parent, self.slot_of(added.header))
             body = decode_body(added.block.consensus)
@@ -567,6 +575,26 @@ class PosEngine:
                     fc.set_justified(Checkpoint(justified.epoch, root))
                     fc.set_balances(dict(s.active()))
         return tree.get(fc.head()) or tree.head
+
+    def _prune_at_finality(self, tree: Any, fc: ForkChoice) -> None:
+        """Root the fork choice at the block the chain made final, as the chain itself
+        dropped every branch off it: the store, and each head computation, stay as large
+        as the unfinalized part of the tree."""
+        finalized = tree.head.state.engine.ffg.finalized
+        if finalized.epoch <= fc.finalized.epoch:
+            return
+        root = self._resolve(tree, finalized.root)
+        final = tree.canonical[tree.final_height]
+        if root != final.hash or root not in fc:
+            return  # the chain has not made this block final yet
+        justified = fc.justified
+        if justified.epoch >= finalized.epoch and not (fc.is_descendant(root, justified.root)
+                                                        or fc.is_descendant(justified.root, root)):
+            # A justified checkpoint off the finalized branch: only more than a third of
+            # the stake equivocating can cause it (the finality invariants report it).
+            # The store is kept whole rather than pruned to one side.
+            return
+        fc.set_finalized(Checkpoint(finalized.epoch, root))
 
     def _fork_choice(self, tree: Any) -> ForkChoice:
         if self.fork_choice is None:

@@ -117,6 +117,17 @@ class Producer:
             duties = duties._replace(protection=record.encode())
         return duties
 
+    def next_duty_ms(self, now_ms: int) -> int:
+        """When this validator next has something to do: the start of the next slot (a
+        proposal, if it is ours) or the vote a third into the current one. The node wakes
+        then, instead of finding out at its next heartbeat."""
+        engine = self.engine
+        slot = engine.slot_at(now_ms)
+        vote_at = engine.slot_time_ms(slot) + engine.params.slot_ms // 3
+        if slot > self.last_voted_slot and now_ms < vote_at:
+            return vote_at
+        return engine.slot_time_ms(slot + 1)
+
     def _vote(self, me: int, data: AttestationData) -> bytes:
         return encode_vote(Attestation(me, data, self.key.sign(data.signing_bytes(self.engine.chain_id))))
 
