@@ -52,6 +52,16 @@ class Engine(Protocol):
     def on_vote(self, tree: "BlockTree", payload: bytes) -> bool | None:
         """A gossiped vote: True accept and forward, None ignore, False the sender's fault."""
 
+    def on_evidence(self, tree: "BlockTree", payload: bytes) -> bool | None:
+        """Gossiped slashing evidence (topic EVIDENCE), same verdicts as on_vote: True
+        accept and forward (kept for the next proposal), None ignore (known, offender
+        already caught or slashed), False the sender's fault (malformed, forged, or not
+        an offence)."""
+
+    def take_new_evidence(self, tree: "BlockTree") -> list[bytes]:
+        """Encoded evidence the engine found itself since the last call (in gossiped
+        votes or in blocks), for the core to gossip on EVIDENCE; [] without slashing."""
+
     def validators_json(self, tree: "BlockTree") -> list[dict]:
         """The registry for consensus_validators ([] without one)."""
 

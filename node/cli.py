@@ -34,13 +34,46 @@ def _duration(text: str) -> float:
     return value
 
 
+def _byzantine(text: str) -> tuple[int, tuple[str, ...]]:
+    from consensus.pos.producer import BYZANTINE_SWITCHES
+
+    node, sep, switches = text.partition("=")
+    names = tuple(sorted({s.strip() for s in switches.split(",") if s.strip()}))
+    if not sep or not node.strip().isdigit() or not names:
+        raise argparse.ArgumentTypeError(f"expected NODE=SWITCH[,SWITCH], e.g. 1=double-vote, not {text!r}")
+    unknown = [n for n in names if n not in BYZANTINE_SWITCHES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown byzantine switch(es) {', '.join(unknown)}; choose from "
+                                         f"{', '.join(sorted(BYZANTINE_SWITCHES))}")
+    return int(node), names
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
-    if args.nodes > 256:
+    if args.swarm:
+        return cmd_sim_swarm(args)
+    refused = [flag for flag, value in (("--seeds", args.seeds), ("--consensus both", args.consensus == "both"))
+               if value]
+    if refused:
+        print(f"chainlab sim: {' and '.join(refused)} need(s) --swarm", file=sys.stderr)
+        return 2
+    nodes = 4 if args.nodes is None else args.nodes
+    if nodes > 256:
         print("chainlab sim: at most 256 nodes", file=sys.stderr)
         return 2
+    byzantine: dict[int, tuple[str, ...]] = {}
+    for node, switches in args.byzantine or ():
+        byzantine[node] = tuple(sorted(set(byzantine.get(node, ())) | set(switches)))
+    if byzantine and args.consensus != "pos":
+        print("chainlab sim: --byzantine switches are validator misbehaviour: they need --consensus pos",
+              file=sys.stderr)
+        return 2
+    if any(node >= nodes for node in byzantine):
+        print(f"chainlab sim: --byzantine names node {max(byzantine)}, but nodes are 0..{nodes - 1}", file=sys.stderr)
+        return 2
     config = SimConfig(
-        consensus=args.consensus, nodes=args.nodes, seed=args.seed, duration_s=args.duration,
-        faults=args.faults, tx_rate=args.tx_rate,
+        consensus=args.consensus, nodes=nodes, seed=1 if args.seed is None else args.seed,
+        duration_s=60.0 if args.duration is None else args.duration,
+        faults=args.faults, tx_rate=args.tx_rate, byzantine=byzantine,
     )
     result = run_simulation(config)
     if args.json:
@@ -51,6 +84,31 @@ def cmd_sim(args: argparse.Namespace) -> int:
         print(f"\nINVARIANT VIOLATED. Replay with: {config.replay_command()}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_sim_swarm(args: argparse.Namespace) -> int:
+    from sim.swarm import SWARM_DURATION_S, format_run, format_summary, run_swarm
+
+    if args.byzantine:
+        print("chainlab sim: --swarm draws byzantine switches from each seed; --byzantine is for single runs",
+              file=sys.stderr)
+        return 2
+    if args.nodes is not None and args.nodes > 256:
+        print("chainlab sim: at most 256 nodes", file=sys.stderr)
+        return 2
+    first = 1 if args.seed is None else args.seed
+    seeds = range(first, first + (args.seeds or 20))
+    engines = ("pow", "pos") if args.consensus == "both" else (args.consensus,)
+    # Progress goes to stderr under --json, so stdout stays one JSON document.
+    progress = sys.stderr if args.json else sys.stdout
+    report = run_swarm(seeds, engines, nodes=args.nodes,
+                       duration_s=SWARM_DURATION_S if args.duration is None else args.duration,
+                       faults=args.faults or FAULT_TYPES, tx_rate=args.tx_rate,
+                       on_run=lambda run: print(format_run(run), file=progress, flush=True))
+    print(format_summary(report), file=progress)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    return 0 if report.ok else 1
 
 
 def print_summary(result) -> None:
@@ -224,6 +282,64 @@ def _add_genesis_parser(sub) -> None:
     g.set_defaults(func=cmd_genesis)
 
 
+def _chaos_faults(text: str) -> tuple[str, ...]:
+    from sim.schedule import FAULT_TYPES as CHAOS_FAULT_TYPES
+
+    names = tuple(sorted({n.strip() for n in text.split(",") if n.strip()}))
+    unknown = [n for n in names if n not in CHAOS_FAULT_TYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown fault(s) {', '.join(unknown)}; choose from "
+                                         f"{', '.join(CHAOS_FAULT_TYPES)}")
+    return names
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from testnet.chaos import ChaosConfig, run
+
+    config = ChaosConfig(target=args.target, consensus=args.consensus, nodes=args.nodes, seed=args.seed,
+                         duration_s=args.duration, faults=args.faults, tx_rate=args.tx_rate,
+                         out=Path(args.out) if args.out else None)
+    return run(config, json_output=args.json)
+
+
+def _add_chaos_parser(sub) -> None:
+    chaos = sub.add_parser(
+        "chaos",
+        help="run a chaos experiment (faults, load, heal, invariant verdicts) on a local or docker testnet, "
+             "or in the simulator",
+        description="Draw a fault schedule from the seed, run it under a transaction load on a fresh local testnet "
+                    "of real node processes (--target local), on a fresh Docker Compose testnet (--target docker) "
+                    "or in the deterministic simulator (--target sim), "
+                    "heal everything, wait a quiet period, and judge the run with the simulator's invariant "
+                    "checks. Prints the faults injected per type, each verdict, the time to converge after the "
+                    "heal and the transactions sent, included and lost; writes report.json and timeline.png to "
+                    "--out. Exits 1 when a verdict fails or a requested fault type was never injected, 2 on "
+                    "bad usage; prints the command that replays the run.",
+    )
+    chaos.add_argument("--target", choices=["local", "docker", "sim"], default="local",
+                       help="local: real node processes on 127.0.0.1 (node/testnet.py); docker: containers of a "
+                            "compose project of its own (needs a Docker engine; the image builds on first use); "
+                            "sim: the deterministic simulator, which replays exactly from the seed but draws its "
+                            "own fault times (default: local)")
+    chaos.add_argument("--consensus", choices=["pow", "pos"], default="pow", help="consensus engine (default: pow)")
+    chaos.add_argument("--nodes", type=_positive_int, default=4, help="number of nodes (default: 4)")
+    chaos.add_argument("--duration", type=_duration, default=60.0,
+                       help="seconds of the run: faults, then a quiet period of max(20 s, 35%%) before the final "
+                            "checks, which take some seconds more (default: 60)")
+    chaos.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load (default: 1)")
+    chaos.add_argument("--faults", type=_chaos_faults, default=None,
+                       help="comma-separated fault types: kill, pause, partition, delay, skew (timed), equivocate "
+                            "(pos), withhold (pow), spam (byzantine roles for the whole run) (default: "
+                            "kill,pause,partition,delay,skew)")
+    chaos.add_argument("--tx-rate", type=float, default=2.0, help="transfers per second of the load (default: 2)")
+    chaos.add_argument("--out", metavar="DIR",
+                       help="folder for report.json, timeline.png, chaos.log and the testnet (local) or the "
+                            "compose files (docker) "
+                            "(default: a new temporary folder)")
+    chaos.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    chaos.set_defaults(func=cmd_chaos)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainlab",
@@ -237,17 +353,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "The same seed gives a byte-identical run (compare the digest). Exits 1 when an "
                     "invariant fails and prints the command that replays the run.",
     )
-    sim.add_argument("--consensus", choices=["pow", "pos"], default="pow", help="consensus engine (default: pow)")
-    sim.add_argument("--nodes", type=_positive_int, default=4, help="number of nodes (default: 4)")
-    sim.add_argument("--seed", type=int, default=1, help="run seed; replays the run exactly (default: 1)")
-    sim.add_argument("--duration", type=_duration, default=60.0, help="simulated seconds (default: 60)")
+    sim.add_argument("--consensus", choices=["pow", "pos", "both"], default="pow",
+                     help="consensus engine (default: pow); with --swarm, 'both' runs every seed on each")
+    sim.add_argument("--nodes", type=_positive_int, default=None,
+                     help="number of nodes (default: 4; with --swarm, drawn from each seed: 4 or 5)")
+    sim.add_argument("--seed", type=int, default=None,
+                     help="run seed; replays the run exactly (default: 1); with --swarm, the first seed")
+    sim.add_argument("--duration", type=_duration, default=None,
+                     help="simulated seconds (default: 60; with --swarm, 45 per run)")
     sim.add_argument("--faults", type=_faults, default=(),
-                     help=f"comma-separated faults drawn from the seed: {','.join(FAULT_TYPES)}")
+                     help=f"comma-separated faults drawn from the seed: {','.join(FAULT_TYPES)}; with --swarm, "
+                          "the faults each seed draws from (default: all)")
+    sim.add_argument("--byzantine", type=_byzantine, action="append", metavar="NODE=SWITCHES",
+                     help="pos: make validator NODE misbehave on purpose, e.g. 1=double-vote (repeatable; "
+                          "switches comma-separated: double-propose, double-vote, surround-vote)")
     sim.add_argument("--tx-rate", type=float, default=2.0, help="transfers per simulated second (default: 2)")
-    sim.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sim.add_argument("--swarm", action="store_true",
+                     help="run many short simulations, each with its faults, node count and (pos) byzantine "
+                          "validators drawn from its seed; prints one line per run, a summary, and the replay "
+                          "command of every failure; exits 1 when any run fails")
+    sim.add_argument("--seeds", type=_positive_int, default=None,
+                     help="with --swarm: how many seeds to run, from --seed on (default: 20)")
+    sim.add_argument("--json", action="store_true",
+                     help="print the summary as JSON (with --swarm: every run and the totals; progress on stderr)")
     sim.set_defaults(func=cmd_sim)
     _add_genesis_parser(sub)
     _add_node_parser(sub)
+    _add_chaos_parser(sub)
     from node.cli_tools import add_commands
 
     add_commands(sub)

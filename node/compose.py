@@ -32,6 +32,7 @@ Compose interpolates `${VAR}` itself, so the shell's `$` is written `$$` in comm
 """
 
 import json
+import shlex
 
 from node.homes import NODES_MAX
 from node.settings import ENV_PREFIX
@@ -60,7 +61,8 @@ def rpc_port_variable(index: int) -> str:
     return f"NODE{index}_RPC_PORT"
 
 
-def _genesis_script(nodes: int, consensus: str) -> str:
+def _genesis_script(nodes: int, consensus: str, genesis_args: tuple[str, ...] = ()) -> str:
+    extra = "".join(f" {shlex.quote(arg)}" for arg in genesis_args)
     return f"""\
 if [ -f /data/net/genesis.json ]; then
   found=$$(python -c 'import json; print(json.load(open("/data/net/genesis.json"))["consensus"])')
@@ -70,7 +72,7 @@ if [ -f /data/net/genesis.json ]; then
   fi
   echo "genesis: reusing the $$found network in the genesis volume (docker compose down -v deletes it)"
 else
-  chainlab genesis --consensus "$${{CONSENSUS:-{consensus}}}" --nodes {nodes} --same-ports --p2p-host-format 'node{{i}}' --out /data/net
+  chainlab genesis --consensus "$${{CONSENSUS:-{consensus}}}" --nodes {nodes} --same-ports --p2p-host-format 'node{{i}}' --out /data/net{extra}
 fi
 """
 
@@ -105,8 +107,10 @@ def _build(indent: str) -> list[str]:
     ]
 
 
-def compose_file(nodes: int = 4, consensus: str = CONSENSUS_DEFAULT, rpc_port_base: int = RPC_PORT_BASE) -> str:
-    """The docker-compose.yml of a testnet of `nodes` nodes, `consensus` for a new network."""
+def compose_file(nodes: int = 4, consensus: str = CONSENSUS_DEFAULT, rpc_port_base: int = RPC_PORT_BASE,
+                 genesis_args: tuple[str, ...] = ()) -> str:
+    """The docker-compose.yml of a testnet of `nodes` nodes, `consensus` for a new network;
+    `genesis_args` go to its `chainlab genesis` (chaos runs: --seed, --preset, --accounts)."""
     if not 1 <= nodes <= NODES_MAX:
         raise ValueError(f"nodes must be 1..{NODES_MAX}, not {nodes}")
     if consensus not in ("pow", "pos"):
@@ -134,7 +138,7 @@ def compose_file(nodes: int = 4, consensus: str = CONSENSUS_DEFAULT, rpc_port_ba
         *_build(s * 2),
         f"{s * 2}entrypoint: {json.dumps(['/bin/sh', '-ec'])}",
         f"{s * 2}command:",
-        *_block(_genesis_script(nodes, consensus), s * 3),
+        *_block(_genesis_script(nodes, consensus, genesis_args), s * 3),
         f"{s * 2}environment:",
         f"{s * 3}CONSENSUS: ${{CONSENSUS:-}}",
         f"{s * 2}volumes:",

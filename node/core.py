@@ -33,6 +33,7 @@ from consensus.genesis import Genesis
 from consensus.pow.difficulty import compact_to_target
 from consensus.pow.mining import header_prefix, with_nonce
 from consensus.types import Block, Transaction, decode_block, decode_transaction
+from node.byzantine import SelfishMiner, Spammer
 from node.mempool import Mempool, MempoolRejected
 from p2p.config import P2PConfig
 from p2p.connection import (
@@ -92,8 +93,9 @@ class NodeConfig:
     # Transactions to relay wait this long: long enough that the copies other peers send
     # meanwhile show who has one already. Blocks never wait.
     tx_batch_ms: int = 250
-    # For tests and chaos runs only: make this validator misbehave on purpose
-    # (consensus.pos.producer.BYZANTINE_SWITCHES). Empty, i.e. honest, by default.
+    # For tests and chaos runs only: make this node misbehave on purpose. A validator's
+    # switches are consensus.pos.producer's; "withhold" (selfish mining) and "spam" are
+    # the core's own (node/byzantine.py). Empty, i.e. honest, by default.
     byzantine: frozenset[str] = frozenset()
 
     def validate(self) -> None:
@@ -324,6 +326,13 @@ class NodeCore:
         self._votes_arrived = False
         self.blocks_proposed = 0
         self.votes_made = 0
+        self.evidence_published = 0  # slashing evidence this node's detector found and gossiped
+        self.evidence_accepted = 0  # slashing evidence learned over gossip
+        # The core's own byzantine switches (node/byzantine.py); None when honest. Only a
+        # node whose blocks come from a miner has blocks to withhold.
+        self.selfish = SelfishMiner(self.tree.head) if "withhold" in config.byzantine and self.engine.minable else None
+        self.spammer = Spammer(now_ms) if "spam" in config.byzantine else None
+        self._own_block: bytes | None = None  # the block our miner found, while it is imported
 
     # === the three calls ===========================================================
 
@@ -351,6 +360,15 @@ class NodeCore:
             # it once: the fork choice is asked after the whole input, not after each vote.
             self._votes_arrived = False
             self._reconsider_head()
+        # Slashing evidence the engine's detector found in this input (in votes or in
+        # blocks) goes out on its own topic, so nodes that saw only one half learn it.
+        for payload in self.engine.take_new_evidence(self.tree):
+            self.evidence_published += 1
+            self._publish(Topic.EVIDENCE, payload)
+        if self.selfish is not None and self.selfish.private and not self.mining_enabled:
+            # Selfish mining is a mining strategy: a node that stopped mining has nothing
+            # left to race with, so what it withheld goes out.
+            self._publish_blocks(self.selfish.release_all(), "miner stopped")
         self._maybe_refresh_work()
 
     def ready(self) -> Ready:
@@ -470,6 +488,19 @@ class NodeCore:
         self._dial_more()
         self._sync_from_peers()
         self._do_duties()
+        if self.spammer is not None and self.spammer.due(now):
+            self._send_spam()
+
+    def _send_spam(self) -> None:
+        """Byzantine switch "spam": junk for every peer, straight on the wire as gossip."""
+        assert self.spammer is not None
+        block = self.spammer.invalid_block(self.tree, self.now_ms).encode()
+        txs = tuple(tx.encode() for tx in self.spammer.invalid_transactions(self.tree, self.key.public_key))
+        peers = self._ready_peers()
+        for peer in peers:
+            peer.conn.send(Gossip(Topic.BLOCKS, block))
+            peer.conn.send(GossipBatch(Topic.TRANSACTIONS, txs))
+        self._log("spam_sent", peers=len(peers), blocks=1, transactions=len(txs))
 
     def _do_duties(self) -> None:
         """A validator's proposals and votes for the current slot (proof of stake)."""
@@ -501,6 +532,14 @@ class NodeCore:
 
     def _on_vote_payload(self, payload: bytes) -> bool | None:
         return self.engine.on_vote(self.tree, payload)
+
+    def _publish_blocks(self, blocks: list[Block], why: str) -> None:
+        """Gossip blocks a selfish miner released, parents first."""
+        if blocks:
+            self._log("blocks_released", count=len(blocks), first_height=blocks[0].header.height,
+                      last_hash=blocks[-1].hash.hex(), reason=why)
+        for block in blocks:
+            self._publish(Topic.BLOCKS, block.encode(), block_hash=block.hash)
 
     def _reconsider_head(self) -> None:
         """Votes can move the head without a block (LMD-GHOST)."""
@@ -745,7 +784,7 @@ class NodeCore:
     # === gossip =================================================================================
 
     def _on_gossip(self, peer: Peer, msg: Gossip) -> None:
-        if msg.topic not in (Topic.TRANSACTIONS, Topic.BLOCKS, Topic.VOTES):
+        if msg.topic not in (Topic.TRANSACTIONS, Topic.BLOCKS, Topic.VOTES, Topic.EVIDENCE):
             return  # topics nobody here speaks: ignored, not an offence
         msg_id = self.router.on_receive(msg.topic, msg.payload, self.now_ms)
         if msg_id is None:
@@ -760,8 +799,10 @@ class NodeCore:
             verdict = self._on_gossip_transaction(peer, msg.payload)
         elif msg.topic == Topic.BLOCKS:
             verdict = self._on_gossip_block(peer, msg.payload)
-        else:
+        elif msg.topic == Topic.VOTES:
             verdict = self._on_gossip_vote(peer, msg.payload)
+        else:
+            verdict = self._on_gossip_evidence(peer, msg.payload)
         if verdict is Verdict.ACCEPT:
             self._forward(msg.topic, msg.payload, exclude=peer.node_id,
                           block_hash=peer.known_block if msg.topic == Topic.BLOCKS else None)
@@ -853,6 +894,17 @@ class NodeCore:
         self._votes_arrived = True  # the head is reconsidered once, at the end of the step
         return Verdict.ACCEPT
 
+    def _on_gossip_evidence(self, peer: Peer, payload: bytes) -> Verdict:
+        outcome = self.engine.on_evidence(self.tree, payload)
+        if outcome is False:
+            self._penalise(peer, Offence.INVALID_SIGNATURE, "invalid slashing evidence")
+            return Verdict.REJECT
+        if outcome is None:
+            return Verdict.IGNORE
+        self.evidence_accepted += 1
+        self._votes_arrived = True  # an equivocator's weight left the fork choice: reconsider the head
+        return Verdict.ACCEPT
+
     def _on_gossip_block(self, peer: Peer, payload: bytes) -> Verdict:
         try:
             block = decode_block(payload)
@@ -906,6 +958,9 @@ class NodeCore:
         self._persist_blocks.append(added.entry.block)
         if added.head_changed:
             self._on_head_moved(added)
+        if self.selfish is not None and added.entry.hash != self._own_block:
+            # A block from outside: the public chain may have caught up with what we withhold.
+            self._publish_blocks(self.selfish.on_public(added.entry, self.tree), "public chain caught up")
 
     def _on_head_moved(self, added: Added) -> None:
         self._note_reorg(added)
@@ -928,7 +983,8 @@ class NodeCore:
     # === sync ======================================================================================
 
     def head_summary(self) -> HeadSummary:
-        head = self.tree.head
+        # A selfish miner announces the top of its public chain, never a withheld block.
+        head = self.tree.head if self.selfish is None else self.selfish.public_head(self.tree)
         return HeadSummary(head.height, head.hash, head.score)
 
     def _next_request_id(self) -> int:
@@ -987,14 +1043,16 @@ class NodeCore:
 
     def _serve_range(self, peer: Peer, msg: GetBlocksByRange) -> None:
         count = min(msg.count, self.p2p.sync_batch_blocks_max)
-        blocks = [self.tree.canonical[h].block for h in range(msg.start_height, min(msg.start_height + count, len(self.tree.canonical)))]
+        top = self.head_summary().height  # withheld blocks (byzantine "withhold") are not served
+        blocks = [self.tree.canonical[h].block for h in range(msg.start_height, min(msg.start_height + count, top + 1))]
         peer.conn.send(Blocks(msg.request_id, self._fit_frame(blocks)))
 
     def _serve_hashes(self, peer: Peer, msg: GetBlocksByHash) -> None:
         if len(msg.hashes) > self.p2p.request_hashes_max:
             self._penalise(peer, Offence.OVERSIZED_RESPONSE, f"asked for {len(msg.hashes)} hashes")
             return
-        blocks = [e.block for e in (self.tree.get(h) for h in msg.hashes) if e is not None]
+        blocks = [e.block for e in (self.tree.get(h) for h in msg.hashes)
+                  if e is not None and not (self.selfish is not None and self.selfish.is_private(e.hash))]
         peer.conn.send(Blocks(msg.request_id, self._fit_frame(blocks)))
 
     def _fit_frame(self, blocks: list[Block]) -> tuple[bytes, ...]:
@@ -1073,14 +1131,24 @@ class NodeCore:
         if template is None:
             return  # work we already replaced
         block = template._replace(header=with_nonce(template.header, report.nonce))
-        verdict = self._import_block(block, None)
+        self._own_block = block.hash
+        try:
+            verdict = self._import_block(block, None)
+        finally:
+            self._own_block = None
         if verdict is not Verdict.ACCEPT:
             self._log("mined_block_refused", height=block.header.height, hash=block.hash.hex(), verdict=verdict.value)
             self._work_dirty = True
             return
         self.blocks_mined += 1
         self._log("block_mined", height=block.header.height, hash=block.hash.hex(), transactions=len(block.transactions))
-        self._publish(Topic.BLOCKS, block.encode(), block_hash=block.hash)
+        if self.selfish is not None and self.mining_enabled:
+            # Byzantine switch "withhold": the strategy decides what goes out, maybe nothing.
+            entry = self.tree.get(block.hash)
+            assert entry is not None
+            self._publish_blocks(self.selfish.on_mined(entry, self.tree), "selfish mining")
+        else:
+            self._publish(Topic.BLOCKS, block.encode(), block_hash=block.hash)
         if self.generate_pending:
             pending = self.generate_pending[0]
             pending[1] -= 1

@@ -209,6 +209,30 @@ def chain_getTransaction(core: NodeCore, call: RpcCalled) -> Any:
     }
 
 
+def chain_getSupply(core: NodeCore, call: RpcCalled) -> Any:
+    """The head state's supply figures, computed as sim.invariants.view_of_core does, so an
+    invariant check over RPC (testnet.observe) judges a real node by the simulator's rule.
+    One call is one snapshot: every figure belongs to the block named by `head`."""
+    _params(call, [], 0)
+    tree = core.tree
+    state = tree.head_state()
+    engine_issued = state.engine.issued if state.engine is not None else 0
+    return {
+        "total_balance": state.total_balance(),
+        "expected_supply": state.expected_supply(),
+        "issued": state.issued,
+        # Block rewards, plus what the engine issued itself (proof of stake: vote rewards).
+        "expected_issued": tree.params.block_reward * tree.head.height + engine_issued,
+        "burned": state.burned,
+        "height": tree.head.height,
+        "head": tree.head.hash.hex(),
+        "final_height": tree.final_height,
+        # The root recomputed from the head state, to compare with the root the head block commits to.
+        "head_state_root": state.root().hex(),
+        "slashed": state.engine.slashed() if state.engine is not None else [],
+    }
+
+
 def tx_send(core: NodeCore, call: RpcCalled) -> Any:
     (raw_hex,) = _params(call, ["hex"], 1)
     raw = _hex(raw_hex, "hex", chars_max=TX_HEX_CHARS_MAX)
@@ -361,6 +385,7 @@ METHODS: dict[str, Callable[[NodeCore, RpcCalled], Any]] = {
     f.__name__: f
     for f in (
         chain_getHead, chain_getBlock, chain_getBlockHash, chain_getTips, chain_getAccount, chain_getTransaction,
+        chain_getSupply,
         tx_send, mempool_status, mempool_list, net_info, net_peers, net_addPeer, net_removePeer, net_listBans,
         net_clearBan, consensus_status, consensus_validators, consensus_slashings, miner_generate, miner_start,
         miner_stop,
@@ -368,7 +393,10 @@ METHODS: dict[str, Callable[[NodeCore, RpcCalled], Any]] = {
 }
 
 # Methods that change the node; the shell asks for the cookie token before these.
-PRIVILEGED = frozenset({"net_addPeer", "net_removePeer", "net_clearBan", "miner_generate", "miner_start", "miner_stop"})
+# The admin_* methods (transport faults, node/faults.py) are answered by the shell itself,
+# never by this table; admin_getFaults is privileged too, as part of the chaos tooling.
+PRIVILEGED = frozenset({"net_addPeer", "net_removePeer", "net_clearBan", "miner_generate", "miner_start", "miner_stop",
+                        "admin_setFaults", "admin_getFaults", "admin_clearFaults"})
 
 
 def dispatch(core: NodeCore, call: RpcCalled) -> Any:

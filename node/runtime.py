@@ -19,6 +19,12 @@ a burst of transactions costs one fsync, not one each.
 Timeouts: connect (CONNECT_TIMEOUT_S) and write (WRITE_TIMEOUT_S) here; the handshake
 and read (silence) timeouts are the core's (P2PConfig.handshake_timeout_ms and
 peer_timeout_ms), driven by its ticks, so the simulator tests them too.
+
+Faults (node/faults.py, set over the admin_* RPC methods, which this shell answers
+itself) act on this node's own traffic only: frames to a peer are dropped, lost or
+delayed as they enter its send queue, frames from a peer are discarded whole as they
+are read, a cut peer's connections are closed right after the handshake (to the core
+that is a closed socket, no offence), and the clock reads wall time plus the skew.
 """
 
 import asyncio
@@ -34,6 +40,7 @@ from typing import Any
 from consensus.crypto import KeyPair
 from consensus.genesis import Genesis
 from node.core import (
+    INVALID_PARAMS,
     BytesReceived,
     DialFailed,
     Input,
@@ -47,6 +54,7 @@ from node.core import (
     RpcError,
     Tick,
 )
+from node.faults import ADMIN_METHODS, FaultLayer, FaultsError, FrameGate, check_no_params, parse_faults
 from node.logs import log_core_event
 from node.miner import Miner
 from node.rpc_server import RpcServer
@@ -79,6 +87,9 @@ class Link:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     tasks: list[asyncio.Task] = field(default_factory=list)
     closed_by_core: bool = False
+    node_id: str | None = None  # the peer's, once the core has done its handshake
+    gate: FrameGate = field(default_factory=FrameGate)  # frame boundaries of what we read (drop_in)
+    cut: str = ""  # why a fault closed it; said to the core instead of the socket's error
 
 
 class NodeRuntime:
@@ -113,6 +124,7 @@ class NodeRuntime:
         self.started = asyncio.Event()
         self._wake_at_ms = 0
         self._last_tick_ms = 0
+        self.faults = FaultLayer()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -165,7 +177,7 @@ class NodeRuntime:
         blocks = self.store.load_blocks()
         transactions = self.store.load_transactions()
         protection = self.store.load_protection()
-        self.core = NodeCore(self.genesis, self.key, self.config, random.Random(secrets.randbits(128)), now_ms(),
+        self.core = NodeCore(self.genesis, self.key, self.config, random.Random(secrets.randbits(128)), self._now_ms(),
                              stored_blocks=blocks, stored_transactions=transactions,
                              validator_key=self.validator_key, stored_protection=protection)
         for address in self.store.load_peers():
@@ -232,7 +244,7 @@ class NodeRuntime:
             if self.local:
                 batch, self.local = self.local, []
             else:
-                delay = (self._wake_at_ms - now_ms()) / 1000
+                delay = (self._wake_at_ms - self._now_ms()) / 1000
                 if delay > 0:
                     try:
                         async with asyncio.timeout(delay):
@@ -241,7 +253,7 @@ class NodeRuntime:
                         pass  # nothing arrived before the wake-up time: tick
             while len(batch) < BATCH_EVENTS_MAX and not self.inbox.empty():
                 batch.append(self.inbox.get_nowait())
-            now = now_ms()
+            now = self._now_ms()
             if now >= self._wake_at_ms or now - self._last_tick_ms >= TICK_EVERY_MS:
                 core.step(Tick(now))
                 self._last_tick_ms = now
@@ -259,12 +271,22 @@ class NodeRuntime:
         self.store.persist(ready.persist_blocks, ready.persist_peers, ready.persist_transactions,
                            ready.persist_protection)
         # 2. send, close, dial.
+        faulty = self.faults.active
+        if faulty:
+            self._apply_cuts()
         for conn_id, data in ready.sends:
             link = self.links.get(conn_id)
             if link is None:
                 continue
+            item: Any = data
+            if faulty:
+                data, delay_ms = self.faults.filter_out(self._peer_id(link), data)
+                if not data:
+                    continue
+                # Delayed: the writer holds it until then; the bounded queue still applies.
+                item = (time.monotonic() + delay_ms / 1000, data) if delay_ms else data
             try:
-                link.queue.put_nowait(data)
+                link.queue.put_nowait(item)
             except asyncio.QueueFull:
                 self._drop(link, f"send queue full ({self.config.p2p.peer_send_queue_frames_max} writes): "
                                  "the peer cannot keep up")
@@ -357,7 +379,10 @@ class NodeRuntime:
                 data = await link.reader.read(READ_CHUNK_BYTES)
                 if not data:
                     break
-                await self.inbox.put(BytesReceived(link.conn_id, data))
+                # Always through the gate, so it knows where frames start when drop_in begins.
+                data = self.faults.filter_in(link.gate, self._peer_id(link) if self.faults.active else None, data)
+                if data:
+                    await self.inbox.put(BytesReceived(link.conn_id, data))
         except (ConnectionError, OSError) as exc:
             error = f"read failed: {exc.strerror or exc!r}"
         await self._lost(link, error)
@@ -369,6 +394,10 @@ class NodeRuntime:
                 item = await link.queue.get()
                 if item is _CLOSE:
                     break
+                if isinstance(item, tuple):  # delayed by a fault: (monotonic time due, bytes)
+                    due, item = item
+                    if due > time.monotonic():
+                        await asyncio.sleep(due - time.monotonic())
                 link.writer.write(item)
                 async with asyncio.timeout(WRITE_TIMEOUT_S):
                     await link.writer.drain()
@@ -382,6 +411,7 @@ class NodeRuntime:
 
     async def _lost(self, link: Link, error: str) -> None:
         """The socket failed or the peer closed it: tell the core once, unless it closed it."""
+        error = link.cut or error
         link.writer.close()
         if self.links.pop(link.conn_id, None) is not None and not link.closed_by_core:
             await self.inbox.put(PeerDisconnected(link.conn_id, error))
@@ -397,9 +427,57 @@ class NodeRuntime:
             task.cancel()
         self.local.append(PeerDisconnected(link.conn_id, error))
 
+    # --- faults -----------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        """The node's clock: every Tick and the core's first time come from here.
+
+        A negative skew set on a running node holds the core's clock still until wall
+        time plus the skew passes what it last read: the core's time never goes back."""
+        return now_ms() + self.faults.clock_skew_ms
+
+    def _peer_id(self, link: Link) -> str | None:
+        """The peer's node id once the core has done the handshake (read between steps)."""
+        if link.node_id is None and self.core is not None:
+            peer = self.core.peers.get(link.conn_id)
+            if peer is not None:
+                link.node_id = peer.node_id
+        return link.node_id
+
+    def _apply_cuts(self) -> None:
+        """Close every connection to a cut-off peer (set by a fault, or handshaken since).
+        The read task then reports a PeerDisconnected; the core backs off and redials."""
+        for link in list(self.links.values()):
+            if not link.cut and self.faults.is_cut(self._peer_id(link)):
+                link.cut = f"cut off by a fault (admin_setFaults) from {link.node_id}"
+                self.faults.counters.connections_refused += 1
+                link.writer.transport.abort()
+
+    async def _admin(self, method: str, params: Any) -> dict:
+        """admin_setFaults / admin_getFaults / admin_clearFaults, answered by the shell."""
+        try:
+            faults = parse_faults(params) if method == "admin_setFaults" else None
+            if faults is None:
+                check_no_params(method, params)
+        except FaultsError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        if method == "admin_getFaults":
+            return self.faults.to_json()
+        if faults is None:
+            self.faults.clear()
+        else:
+            self.faults.set(faults)
+        self._apply_cuts()
+        self.log.info("faults_set", method=method, **self.faults.summary())
+        # Wake the driver, so a new clock skew reaches the core now, not at its next wake-up.
+        await self.inbox.put(Tick(self._now_ms()))
+        return self.faults.to_json()
+
     # --- RPC ------------------------------------------------------------------------------------
 
     async def _call(self, method: str, params: Any) -> Any:
+        if method in ADMIN_METHODS:
+            return await self._admin(method, params)
         self._rpc_seq += 1
         request_id = self._rpc_seq
         future = asyncio.get_running_loop().create_future()

@@ -21,7 +21,9 @@ sources win: defaults < config.toml < environment < flags.
 misbehaviours a validator commits on purpose, from BYZANTINE_BEHAVIOURS:
 "double-propose" (two blocks for one slot), "double-vote" (two votes for one target)
 and "surround-vote" (a vote surrounding an earlier one). Each skips the slashing
-protection on purpose, so the network sees slashable evidence. In config.toml a list
+protection on purpose, so the network sees slashable evidence. Two more are the node's
+own: "withhold" (selfish mining; proof of work, where blocks come from a miner) and
+"spam" (either engine: invalid blocks and transactions sent to every peer, who ban it). In config.toml a list
 (`byzantine = ["double-vote"]`), in the environment and on the command line a
 comma-separated string (`CHAINLAB_BYZANTINE=double-vote,surround-vote`).
 """
@@ -44,8 +46,10 @@ COOKIE_FILE = "rpc.cookie"
 LOG_FILE = "node.log"
 ENV_PREFIX = "CHAINLAB_"
 HASHRATE_MAX = 100_000_000
-# The values of node.core.NodeConfig.byzantine (the core's contract), in the order shown.
-BYZANTINE_BEHAVIOURS = ("double-propose", "double-vote", "surround-vote")
+# The values of node.core.NodeConfig.byzantine (the core's contract), in the order shown:
+# a validator's three (proof of stake), then the node's own two ("withhold" is selfish
+# mining, for a miner; "spam" sends peers invalid blocks and transactions).
+BYZANTINE_BEHAVIOURS = ("double-propose", "double-vote", "surround-vote", "withhold", "spam")
 
 
 class SettingsError(Exception):

@@ -10,6 +10,7 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from consensus.crypto import KeyPair
@@ -71,7 +72,10 @@ class SimNode:
     mining_token: int = 0
     mining_started_ms: int = 0
     mining_work_id: int | None = None
-    next_tick_ms: int | None = None
+    next_tick_ms: int | None = None  # on the cluster's clock
+    paused: bool = False  # SIGSTOP: inputs wait in `deferred` until resumed, nothing runs
+    deferred: list = field(default_factory=list)  # (kind, payload) that arrived while paused
+    skew_ms: int = 0  # the node's clock reads the cluster's clock plus this
 
     @property
     def address(self) -> str:
@@ -143,13 +147,32 @@ class Cluster:
                 hook(self)
         self.now_ms = max(self.now_ms, end_ms)
 
+    def _target(self, kind: str, payload: Any) -> int | None:
+        """The node an event is for (None: the cluster itself)."""
+        if kind in ("tick", "dial", "dial_failed", "mined"):
+            return payload[0]
+        if kind in ("deliver", "accepted"):
+            link = self.links.get(payload[0])
+            return link.owner if link is not None else None
+        if kind == "closed":
+            link = self.links.get(payload)
+            return link.owner if link is not None else None
+        return None
+
     def _dispatch(self, kind: str, payload: Any) -> None:
+        if kind not in ("call", "tick", "mined"):
+            target = self._target(kind, payload)
+            if target is not None and self.nodes[target].paused:
+                # A stopped process reads nothing; the kernel keeps what arrives for it.
+                self.nodes[target].deferred.append((kind, payload))
+                return
         if kind == "tick":
             index, incarnation = payload
             node = self.nodes[index]
-            if node.up and node.incarnation == incarnation and node.next_tick_ms is not None and node.next_tick_ms <= self.now_ms:
+            if node.up and not node.paused and node.incarnation == incarnation and node.next_tick_ms is not None \
+                    and node.next_tick_ms <= self.now_ms:
                 node.next_tick_ms = None
-                self._step(node, Tick(self.now_ms))
+                self._step(node, Tick(self.now_ms + node.skew_ms))
         elif kind == "deliver":
             conn_id, frame = payload
             link = self.links.get(conn_id)
@@ -175,6 +198,11 @@ class Cluster:
                 node.mining_token += 1  # this find ends the work
                 node.mining_work_id = None
                 self._step(node, MinerReport(work_id, 0, hashes))
+        elif kind == "accepted":
+            conn_id, address = payload
+            link = self.links.get(conn_id)
+            if link is not None:
+                self._step(self.nodes[link.owner], PeerConnected(conn_id, False, address))
         elif kind == "call":
             fn = payload
             fn(self)
@@ -219,9 +247,10 @@ class Cluster:
             for log in ready.logs:
                 self.logs.append((self.now_ms, node.index, log))
         core.advance(ready)
-        if node.next_tick_ms is None or ready.wake_at_ms < node.next_tick_ms:
-            node.next_tick_ms = ready.wake_at_ms
-            self.schedule(ready.wake_at_ms, "tick", (node.index, node.incarnation))
+        wake_ms = ready.wake_at_ms - node.skew_ms  # the node's clock, on the cluster's
+        if node.next_tick_ms is None or wake_ms < node.next_tick_ms:
+            node.next_tick_ms = wake_ms
+            self.schedule(wake_ms, "tick", (node.index, node.incarnation))
 
     def _send(self, conn_id: int, data: bytes) -> None:
         link = self.links.get(conn_id)
@@ -262,7 +291,10 @@ class Cluster:
         a, b = self._conn_seq - 1, self._conn_seq
         self.links[a] = Link(index, target, b, self.now_ms)
         self.links[b] = Link(target, index, a, self.now_ms)
-        self._step(peer, PeerConnected(b, False, node.address))
+        if peer.paused:
+            peer.deferred.append(("accepted", (b, node.address)))  # in its accept queue meanwhile
+        else:
+            self._step(peer, PeerConnected(b, False, node.address))
         if a in self.links:
             self._step(node, PeerConnected(a, True, address))
 
@@ -306,7 +338,7 @@ class Cluster:
             node.key,
             node.config,
             random.Random(f"{self.seed}/node/{node.index}/{node.incarnation}"),
-            self.now_ms,
+            self.now_ms + node.skew_ms,
             stored_blocks=list(node.store.blocks),
             stored_transactions=list(node.store.transactions),
             skip_pow_check_for_simulation=True,
@@ -325,6 +357,8 @@ class Cluster:
         if not node.up:
             return
         node.up = False
+        node.paused = False
+        node.deferred.clear()  # what the kernel held for a dead process is gone with it
         node.incarnation += 1
         node.mining_token += 1
         node.mining_work_id = None
@@ -338,13 +372,49 @@ class Cluster:
             return
         self._boot(node)
 
+    def pause(self, index: int) -> None:
+        """SIGSTOP: the node keeps its memory and connections but runs nothing: no ticks,
+        no mining, and what peers send it waits, in order, until `resume`."""
+        node = self.nodes[index]
+        if not node.up or node.paused:
+            return
+        node.paused = True
+        if node.mining_work_id is not None:
+            assert node.core is not None
+            node.core.hashes_tried += self._hashes_since(node)
+        node.mining_token += 1  # a find scheduled for the running miner never happens
+        node.mining_work_id = None
+
+    def resume(self, index: int) -> None:
+        """SIGCONT: the node reads what waited for it, its timers fire, its miner goes on."""
+        node = self.nodes[index]
+        if not node.up or not node.paused:
+            return
+        node.paused = False
+        waiting, node.deferred = node.deferred, []
+        for kind, payload in waiting:
+            self._dispatch(kind, payload)
+        if node.up and node.core is not None:
+            self._restart_miner(node, SimpleNamespace(mining=node.core.work))  # the work it had
+            node.next_tick_ms = self.now_ms
+            self.schedule(self.now_ms, "tick", (node.index, node.incarnation))
+
+    def set_skew(self, index: int, skew_ms: int) -> None:
+        """Set how far the node's clock is off the cluster's (it notices at its next tick,
+        which is now; a clock set back waits, as the core never lets time go back)."""
+        node = self.nodes[index]
+        node.skew_ms = skew_ms
+        if node.up and not node.paused:
+            node.next_tick_ms = self.now_ms
+            self.schedule(self.now_ms, "tick", (node.index, node.incarnation))
+
     # --- clients --------------------------------------------------------------------------------
 
     def rpc(self, index: int, method: str, params: Any = None) -> int:
         """Call a method on a node now; the reply lands in `self.replies[request id]`."""
         self._rpc_seq += 1
         node = self.nodes[index]
-        if node.up:
+        if node.up and not node.paused:  # a stopped process does not answer
             self._step(node, RpcCalled(self._rpc_seq, method, params if params is not None else []))
         return self._rpc_seq
 

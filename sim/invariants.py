@@ -165,3 +165,16 @@ def check_heads_agree(views: list[ChainView]) -> Verdict:
         return Verdict(name, True, f"{len(views)} nodes at height {views[0].height}")
     detail = ", ".join(f"{v.node}@{v.height}:{v.hashes[-1].hex()[:8]}" for v in views)
     return Verdict(name, False, detail)
+
+
+def check_final_never_decreases(final_heights: dict[str, list[int]]) -> Verdict:
+    """Each node's final height, in the order it was observed (a real node across its
+    restarts, sampled over RPC), never goes down: what is final stays final."""
+    name = "final height never decreases (across restarts)"
+    for node, heights in sorted(final_heights.items()):
+        for i in range(1, len(heights)):
+            if heights[i] < heights[i - 1]:
+                return Verdict(name, False, f"{node}: final height went back from {heights[i - 1]} to {heights[i]} "
+                               f"(observation {i} of {len(heights)})")
+    tops = ", ".join(f"{node}={heights[-1]}" for node, heights in sorted(final_heights.items()) if heights)
+    return Verdict(name, True, f"{sum(len(h) for h in final_heights.values())} observations; last: {tops or 'none'}")

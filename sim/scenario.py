@@ -12,6 +12,7 @@ from typing import Any
 
 from consensus.presets import account_key, make_genesis, validator_key
 from consensus.types import TX_TRANSFER, Transaction
+from node.byzantine import CORE_SWITCHES
 from node.core import NodeConfig
 from sim.cluster import Cluster, default_config
 from sim.invariants import (
@@ -30,7 +31,8 @@ from sim.invariants import (
 )
 from sim.network import LinkFaults
 
-FAULT_TYPES = ("partition", "delay", "loss", "duplicate", "crash")
+FAULT_TYPES = ("partition", "delay", "loss", "duplicate", "crash", "pause", "skew")
+SKEW_MS = (200, 2_000)  # a node's clock off by this much, either way (sim.schedule draws the same)
 DEEP_K = 6  # a transaction this deep is "included" for the lost-transaction check (Bitcoin's 6)
 PREFIX_K = 6  # common prefix below the last k blocks, after the quiet period
 DRAIN_MS = 5_000  # mining stops this long before the end so the last blocks can spread
@@ -53,9 +55,19 @@ class SimConfig:
     check_every_event: bool = True
 
     def replay_command(self) -> str:
+        # Everything the command line can set, so the command replays this exact run.
         faults = f" --faults {','.join(sorted(self.faults))}" if self.faults else ""
+        byzantine = "".join(f" --byzantine {node}={','.join(sorted(switches))}"
+                            for node, switches in sorted(self.byzantine.items()) if switches)
+        tx_rate = f" --tx-rate {_number(self.tx_rate)}" if self.tx_rate != SimConfig.tx_rate else ""
         return (f"chainlab sim --consensus {self.consensus} --nodes {self.nodes} --seed {self.seed} "
-                f"--duration {self.duration_s:g}{faults}")
+                f"--duration {_number(self.duration_s)}{faults}{byzantine}{tx_rate}")
+
+
+def _number(value: float) -> str:
+    """Short when that is exact (60, 2.5), every digit otherwise, so a replay parses back equal."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 @dataclass
@@ -76,6 +88,11 @@ class SimResult:
     verdicts: list[Verdict]
     faults_injected: dict[str, int]
     fault_log: list[str] = field(default_factory=list)
+    heal_at_s: float = 0.0  # every fault is healed by then (seconds from the start)
+    # Each node's height once a simulated second: {"node0": [[t_s, height], ...]}.
+    height_samples: dict[str, list[list[float]]] = field(default_factory=dict)
+    # From the heal to the first sample where every agreeing node is up on one head.
+    convergence_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -97,6 +114,8 @@ class SimResult:
                              "superseded": self.tx_superseded},
             "faults_injected": self.faults_injected,
             "fault_log": self.fault_log,
+            "heal_at_s": self.heal_at_s,
+            "convergence_s": self.convergence_s,
             "digest": self.digest,
             "invariants": [{"name": v.name, "ok": v.ok, "detail": v.detail} for v in self.verdicts],
             "ok": self.ok,
@@ -124,7 +143,10 @@ class Load:
     def send_one(self, cluster: Cluster) -> None:
         i = self.rng.randrange(len(self.keys))
         key = self.keys[i]
-        home = i % len(cluster.nodes)
+        # Clients use honest nodes: what a byzantine node does with a transaction (a
+        # banned spammer cannot pass it on) says nothing about the network.
+        homes = [n for n in range(len(cluster.nodes)) if not self.config.byzantine.get(n)] or list(range(len(cluster.nodes)))
+        home = homes[i % len(homes)]
         node = cluster.nodes[home]
         if not node.up or node.core is None:
             return
@@ -242,11 +264,53 @@ class FaultPlan:
 
             self.cluster.at(begin, crash)
             self.cluster.at(end, restart)
+        elif name == "pause":
+            victim = self.rng.randrange(n)
+
+            paused: list[int] = []
+
+            def pause(c: Cluster, victim=victim, paused=paused) -> None:
+                # The drawn node, or the next one running if a crash has it down just now.
+                for i in [(victim + k) % n for k in range(n)]:
+                    if c.nodes[i].up and not c.nodes[i].paused:
+                        c.pause(i)
+                        paused.append(i)
+                        self.injected["pause"] += 1
+                        self._note(c.now_ms, f"pause node {i}")
+                        return
+
+            def resume(c: Cluster, paused=paused) -> None:
+                for i in paused:
+                    if c.nodes[i].paused:
+                        c.resume(i)
+                        self._note(c.now_ms, f"resume node {i}")
+
+            self.cluster.at(begin, pause)
+            self.cluster.at(end, resume)
+        elif name == "skew":
+            victim = self.rng.randrange(n)
+            skew_ms = self.rng.choice((-1, 1)) * self.rng.randint(*SKEW_MS)
+
+            def skew(c: Cluster, victim=victim, skew_ms=skew_ms) -> None:
+                c.set_skew(victim, c.nodes[victim].skew_ms + skew_ms)
+                self.injected["skew"] += 1
+                self._note(c.now_ms, f"skew node {victim} clock {skew_ms:+d} ms")
+
+            def unskew(c: Cluster, victim=victim, skew_ms=skew_ms) -> None:
+                c.set_skew(victim, c.nodes[victim].skew_ms - skew_ms)
+                self._note(c.now_ms, f"clock of node {victim} back by {skew_ms:+d} ms")
+
+            self.cluster.at(begin, skew)
+            self.cluster.at(end, unskew)
 
     def _heal_all(self, c: Cluster) -> None:
         c.network.heal_partitions()
         c.network.heal_faults()
         for node in c.nodes:
+            if node.paused:
+                c.resume(node.index)
+            if node.skew_ms:
+                c.set_skew(node.index, 0)
             if not node.up:
                 c.restart(node.index)
         self._note(c.now_ms, "all faults healed")
@@ -288,6 +352,71 @@ class RunChecks:
             self.final[node.index] = (final.height, final.hash)
 
 
+class PeerWatch:
+    """Who penalised or banned whom during the run. Scores and bans expire (ban_ms) and a
+    banned node comes back and is banned again, so the verdicts need "ever", sampled
+    with the run's other samples, not a look at the end."""
+
+    def __init__(self, cluster: Cluster, honest: set[int]):
+        self.honest = honest
+        self.ids = {n.index: n.core.node_id for n in cluster.nodes if n.core is not None}  # survive restarts
+        self.penalised: set[tuple[int, int]] = set()  # (honest node, peer it penalised or banned)
+        self.honest_bans: set[tuple[int, int]] = set()  # (honest node, honest peer it banned)
+
+    def sample(self, c: Cluster) -> None:
+        for node in c.up_nodes():
+            if node.index not in self.honest or node.core is None:
+                continue
+            scores = node.core.scores
+            for j, node_id in self.ids.items():
+                if j == node.index:
+                    continue
+                banned = node_id in scores.bans or c.nodes[j].address in scores.bans
+                if banned or scores.scores.get(node_id, 0) < 0:
+                    self.penalised.add((node.index, j))
+                if banned and j in self.honest:
+                    self.honest_bans.add((node.index, j))
+
+
+def check_byzantine_penalised(watch: PeerWatch, cluster: Cluster, byzantine: dict[int, tuple[str, ...]],
+                              honest_tree: Any) -> Verdict:
+    """Every honest node penalised or banned every "spam" node; what each "withhold" node
+    released and how many of its blocks the honest chain kept (information only)."""
+    name = "byzantine peers penalised"
+    spammers = sorted(i for i, switches in byzantine.items() if "spam" in switches)
+    missing = sorted((h, s) for s in spammers for h in sorted(watch.honest) if (h, s) not in watch.penalised)
+    notes = [f"spam node{s} penalised by {sorted(h for h, x in watch.penalised if x == s and h in watch.honest)}"
+             for s in spammers]
+    for i, switches in sorted(byzantine.items()):
+        core = cluster.nodes[i].core
+        if "withhold" not in switches or core is None:
+            continue
+        kept = sum(1 for e in honest_tree.canonical if e.header.producer == core.producer) if honest_tree else 0
+        selfish = core.selfish
+        if selfish is None:
+            notes.append(f"withhold node{i}: no miner, nothing to withhold")
+            continue
+        notes.append(f"withhold node{i}: mined {core.blocks_mined}, released {selfish.blocks_released} in "
+                     f"{selfish.releases} releases, {kept} canonical on an honest node")
+    if missing:
+        return Verdict(name, False, f"not penalised: {', '.join(f'node{s} by node{h}' for h, s in missing)}")
+    return Verdict(name, True, "; ".join(notes) or "no misbehaving peers")
+
+
+def check_faulted_rejoin(watch: PeerWatch, cluster: Cluster) -> Verdict:
+    """Faults are not misbehaviour: no honest node ever banned another, and after the heal
+    every honest node is connected to at least one peer."""
+    name = "faulted peers can rejoin"
+    if watch.honest_bans:
+        return Verdict(name, False, "honest nodes banned: " + ", ".join(
+            f"node{j} by node{h}" for h, j in sorted(watch.honest_bans)))
+    alone = [i for i in sorted(watch.honest) if cluster.nodes[i].core is None
+             or not any(p.ready for p in cluster.nodes[i].core.peers.values())]
+    if alone:
+        return Verdict(name, False, f"honest nodes without a peer at the end: {alone}")
+    return Verdict(name, True, f"{len(watch.honest)} honest nodes connected, none banned by another")
+
+
 def run_simulation(config: SimConfig) -> SimResult:
     wall_start = time.perf_counter()
     seed_text = f"sim-{config.seed}"
@@ -319,6 +448,12 @@ def run_simulation(config: SimConfig) -> SimResult:
             return replace(base, byzantine=frozenset(config.byzantine.get(i, ())))
     cluster = Cluster(genesis, config.nodes, config.seed, hashrates=hashrates, validator_keys=validators,
                       config_for=config_for)
+    # A "spam" node is banned by its peers by design, so it cannot follow the chain: it is
+    # left out of the agreement checks. Only a validator's switches end in slashing.
+    honest = {i for i in range(config.nodes) if not config.byzantine.get(i)}
+    cut_off = {i for i, switches in config.byzantine.items() if "spam" in switches}
+    slashable = {i for i, switches in config.byzantine.items() if set(switches) - CORE_SWITCHES}
+    watch = PeerWatch(cluster, honest)
     rng = random.Random(f"{config.seed}/scenario")
     start = cluster.now_ms
     end = start + int(config.duration_s * 1000)
@@ -337,10 +472,23 @@ def run_simulation(config: SimConfig) -> SimResult:
     if config.check_every_event:
         cluster.hooks.append(checks)
     deep: dict[bytes, str] = {}
+    samples: dict[str, list[list[float]]] = {f"node{i}": [] for i in range(config.nodes)}
+    converged_at: list[float] = []
 
     def sample_deep(c: Cluster) -> None:
+        watch.sample(c)
+        t_s = round((c.now_ms - start) / 1000, 3)
+        for node in c.nodes:
+            if node.up and node.core is not None:
+                samples[f"node{node.index}"].append([t_s, node.core.tree.head.height])
+        agreeing_nodes = [n for n in c.nodes if n.index not in cut_off]
+        if c.now_ms >= heal and not converged_at and all(n.up and not n.paused for n in agreeing_nodes) \
+                and len({n.core.tree.head.hash for n in agreeing_nodes}) == 1:
+            converged_at.append(t_s)
         for node in c.up_nodes():
             assert node.core is not None
+            if node.index in cut_off:
+                continue
             canonical = node.core.tree.canonical
             for entry in canonical[max(0, len(canonical) - 3 * DEEP_K): max(0, len(canonical) - DEEP_K)]:
                 for tx in entry.block.transactions:
@@ -357,11 +505,16 @@ def run_simulation(config: SimConfig) -> SimResult:
         # fast, which makes its branch strictly heaviest; then "all heads agree" checks
         # convergence, not propagation delay or a standing tie.
         up = c.up_nodes()
+        if cut_off:
+            # A banned spammer's ban expires and it reconnects now and then, long enough to
+            # hand over a chain: from here on it is cut off, as a block found in the last
+            # instant would otherwise still be spreading at the end.
+            c.network.partition([sorted(cut_off), sorted(set(range(len(c.nodes))) - cut_off)])
         if not up or not up[0].core.engine.minable:
             return  # validators need no tie-breaker: votes settle the head in the quiet period
         for node in up:
             c.rpc(node.index, "miner_stop")
-        breaker = max(up, key=lambda n: (n.core.tree.head.score, -n.index))
+        breaker = max([n for n in up if n.index not in cut_off] or up, key=lambda n: (n.core.tree.head.score, -n.index))
         breaker.hashrate = 4 * sum(n.hashrate for n in c.nodes)
         c.rpc(breaker.index, "miner_generate", [1])
 
@@ -369,17 +522,23 @@ def run_simulation(config: SimConfig) -> SimResult:
     cluster.run_until(end)
     wall = time.perf_counter() - wall_start
 
-    views: list[ChainView] = [view_of_core(f"node{n.index}", n.core) for n in cluster.nodes if n.core is not None]
+    watch.sample(cluster)
+    by_node = {n.index: view_of_core(f"node{n.index}", n.core) for n in cluster.nodes if n.core is not None}
+    views: list[ChainView] = list(by_node.values())
+    agreeing = [view for i, view in by_node.items() if i not in cut_off]
+    follower = next((n.core for n in cluster.nodes if n.index in honest and n.core is not None), None)
     verdicts = [
-        check_common_prefix(views, PREFIX_K),
-        check_identical_at_equal_heights(views, PREFIX_K),
+        check_common_prefix(agreeing, PREFIX_K),
+        check_identical_at_equal_heights(agreeing, PREFIX_K),
         check_supply(views),
         check_no_double_apply(views),
-        check_no_included_lost(views, deep),
-        check_heads_agree(views),
-        check_finalized_agree(views),
+        check_no_included_lost(agreeing, deep),
+        check_heads_agree(agreeing),
+        check_finalized_agree(agreeing),
         check_no_honest_slashed(views, set(config.byzantine)),
-        check_byzantine_slashed(views, set(config.byzantine)),
+        check_byzantine_slashed(views, slashable),
+        check_byzantine_penalised(watch, cluster, config.byzantine, follower.tree if follower else None),
+        check_faulted_rejoin(watch, cluster),
         Verdict("checks after every event (supply, final blocks)", not checks.failures,
                 "; ".join(checks.failures[:3]) or f"{cluster.events_processed} events checked"),
     ]
@@ -399,6 +558,8 @@ def run_simulation(config: SimConfig) -> SimResult:
         nodes.append({"node": n.index, "height": core.tree.head.height, "head": core.tree.head.hash.hex(),
                       "blocks_mined": core.blocks_mined, "reorgs": core.reorgs, "deepest_reorg": core.deepest_reorg,
                       "peers": sum(1 for p in core.peers.values() if p.ready), "hashes_tried": core.hashes_tried})
+        if core.selfish is not None:
+            nodes[-1]["selfish"] = core.selfish.status()  # byzantine "withhold": what it withheld and released
     return SimResult(
         config=config,
         simulated_s=(end - start) / 1000,
@@ -416,4 +577,7 @@ def run_simulation(config: SimConfig) -> SimResult:
         verdicts=verdicts,
         faults_injected=faults.injected,
         fault_log=faults.log,
+        heal_at_s=(heal - start) / 1000,
+        height_samples=samples,
+        convergence_s=round(converged_at[0] - (heal - start) / 1000, 3) if converged_at else None,
     )

@@ -22,8 +22,10 @@ Supply: rewards are issued into balances; leak penalties and the burned part of
 slashing penalties leave the stakes, so balances + stakes == genesis supply + issued
 - burned at every block (State.total_balance counts `locked()`).
 
-Not yet (issue 4): stake and unstake transactions (the registry comes from genesis),
-votes arriving by gossip (the node core's duties), the byzantine switches.
+Slashing evidence travels in blocks and on its own gossip topic (EVIDENCE): what the
+detector finds is handed to the core (`take_new_evidence`) to publish, and evidence
+from peers (`on_evidence`) joins the pool for the next proposal and takes the
+offender's weight out of the fork choice.
 """
 
 import functools
@@ -74,6 +76,12 @@ from consensus.types import NONCE_BYTES, TX_STAKE, Block, BlockHeader, Transacti
 
 ATTESTATIONS_PER_BLOCK_MAX = 2_048
 SLASHINGS_PER_BLOCK_MAX = 16
+# One piece of gossiped evidence is two signed votes (about 200 bytes each) or two
+# signed proposals, in an envelope: under 600 bytes. The bound leaves room for larger
+# integers and no more, so a peer cannot make us parse a big message as evidence.
+EVIDENCE_BYTES_MAX = 1_024
+EVIDENCE_PROPOSER = 1  # the kind tag of an encoded ProposerSlashing
+EVIDENCE_ATTESTER = 2  # ... and of an AttesterSlashing
 EPOCHS_KEPT = 4  # seeds, boundary roots and vote sets older than this are dropped
 GENESIS_ROOT = bytes(HASH_BYTES)  # names the genesis block in checkpoints (its hash needs this state)
 
@@ -124,8 +132,39 @@ def _signed_proposal(value: Any, what: str) -> SignedProposal:
     return SignedProposal(proposal, read_bytes(f[1], f"{what}.signature", SIGNATURE_BYTES))
 
 
+def _proposer_slashing(value: Any, what: str) -> ProposerSlashing:
+    return ProposerSlashing(*(_signed_proposal(x, what) for x in read_list(value, "evidence", 2)))
+
+
+def _attester_slashing(value: Any, what: str) -> AttesterSlashing:
+    return AttesterSlashing(*(read_attestation(x, what) for x in read_list(value, "evidence", 2)))
+
+
 def encode_vote(attestation: Attestation) -> bytes:
     return codec.encode(_plain(attestation))
+
+
+def encode_evidence(evidence: ProposerSlashing | AttesterSlashing) -> bytes:
+    """Gossip topic EVIDENCE: [kind, [a, b]], the pair as blocks carry it."""
+    kind = EVIDENCE_PROPOSER if isinstance(evidence, ProposerSlashing) else EVIDENCE_ATTESTER
+    return codec.encode([kind, _plain(evidence)])
+
+
+def decode_evidence(data: bytes) -> ProposerSlashing | AttesterSlashing:
+    """Bounded decode of gossiped evidence; raises DecodeError. Says nothing about
+    whether it proves an offence (check_proposer_slashing / check_attester_slashing)."""
+    f = read_list(codec.decode(data, bytes_max=EVIDENCE_BYTES_MAX), "evidence", 2)
+    kind = read_uint(f[0], "evidence.kind", 255)
+    if kind == EVIDENCE_PROPOSER:
+        return _proposer_slashing(f[1], "evidence.proposal")
+    if kind == EVIDENCE_ATTESTER:
+        return _attester_slashing(f[1], "evidence.attestation")
+    raise DecodeError(f"evidence.kind: unknown kind {kind}")
+
+
+def offender_of(evidence: ProposerSlashing | AttesterSlashing) -> int:
+    """The validator the evidence accuses (its first half's; the checks require both agree)."""
+    return evidence.a.proposal.validator if isinstance(evidence, ProposerSlashing) else evidence.a.validator
 
 
 @functools.lru_cache(maxsize=1 << 12)
@@ -149,9 +188,9 @@ def _decode_body(data: bytes) -> PosBody:
         read_bytes(f[1], "body.reveal", SIGNATURE_BYTES),
         tuple(read_attestation(a, "body.attestation")
               for a in read_list(f[2], "body.attestations", length_max=ATTESTATIONS_PER_BLOCK_MAX)),
-        tuple(ProposerSlashing(*(_signed_proposal(x, "body.proposer_slashing") for x in read_list(e, "evidence", 2)))
+        tuple(_proposer_slashing(e, "body.proposer_slashing")
               for e in read_list(f[3], "body.proposer_slashings", length_max=SLASHINGS_PER_BLOCK_MAX)),
-        tuple(AttesterSlashing(*(read_attestation(x, "body.attester_slashing") for x in read_list(e, "evidence", 2)))
+        tuple(_attester_slashing(e, "body.attester_slashing")
               for e in read_list(f[4], "body.attester_slashings", length_max=SLASHINGS_PER_BLOCK_MAX)),
     )
 
@@ -261,10 +300,16 @@ class PosState:
 
 class VotePool:
     """Recent signed votes from gossip and our own, one per validator and slot, and
-    slashing evidence not yet on chain; what a proposer puts in its block. Bounded: only
-    votes of registered, active validators for the last two epochs are kept."""
+    slashing evidence; what a proposer puts in its block. Bounded: only votes of
+    registered, active validators for the last two epochs are kept.
 
-    EVIDENCE_MAX = SLASHINGS_PER_BLOCK_MAX
+    Evidence stays after a block includes it: a reorg can drop that block, and then the
+    evidence must go into the winning branch (a proposer takes what its parent's state
+    can still slash, `evidence_for_inclusion`). It leaves once its offender can no longer
+    be slashed in the final state, which no reorg undoes (`drop_evidence_against`). One
+    piece per offender, at most EVIDENCE_MAX of each kind."""
+
+    EVIDENCE_MAX = 4 * SLASHINGS_PER_BLOCK_MAX
 
     def __init__(self, slots_per_epoch: int):
         self.slots_per_epoch = slots_per_epoch
@@ -288,14 +333,53 @@ class VotePool:
         for key in [k for k in self.votes if k[0] < floor]:
             del self.votes[key]
 
-    def add_evidence(self, evidence: ProposerSlashing | AttesterSlashing) -> None:
+    def add_evidence(self, evidence: ProposerSlashing | AttesterSlashing) -> bool:
+        """Keep `evidence` (checked already) unless its offender has some here, or the kind is full."""
+        if self.holds_evidence_against(offender_of(evidence)):
+            return False
         target = self.proposer_slashings if isinstance(evidence, ProposerSlashing) else self.attester_slashings
-        if evidence not in target and len(target) < self.EVIDENCE_MAX:
-            target.append(evidence)
+        if len(target) >= self.EVIDENCE_MAX:
+            return False
+        target.append(evidence)
+        return True
 
-    def drop_evidence_against(self, slashed: set[int]) -> None:
-        self.proposer_slashings = [e for e in self.proposer_slashings if e.a.proposal.validator not in slashed]
-        self.attester_slashings = [e for e in self.attester_slashings if e.a.validator not in slashed]
+    def holds_evidence_against(self, validator: int) -> bool:
+        return (any(e.a.proposal.validator == validator for e in self.proposer_slashings)
+                or any(e.a.validator == validator for e in self.attester_slashings))
+
+    def drop_evidence_against(self, validators: set[int]) -> None:
+        if not validators or not (self.proposer_slashings or self.attester_slashings):
+            return
+        self.proposer_slashings = [e for e in self.proposer_slashings if e.a.proposal.validator not in validators]
+        self.attester_slashings = [e for e in self.attester_slashings if e.a.validator not in validators]
+
+    def evidence_for_inclusion(self, engine: "PosEngine", parent: Any, slot: int
+                               ) -> tuple[tuple[ProposerSlashing, ...], tuple[AttesterSlashing, ...]]:
+        """The pooled evidence a block at `slot` on `parent` may carry: offenders the
+        parent's state can still slash (not on this branch yet, or dropped by a reorg),
+        one piece each, proven against this branch's registry (every rule of process_body)."""
+        if not (self.proposer_slashings or self.attester_slashings):
+            return (), ()
+        s: PosState = engine.state_at(parent.state, slot).engine
+        taken: set[int] = set()
+
+        def chosen(pool: list, check: Any) -> tuple:
+            out = []
+            for evidence in pool:
+                offender = offender_of(evidence)
+                if len(out) >= SLASHINGS_PER_BLOCK_MAX or offender in taken \
+                        or not 0 <= offender < len(s.validators) or not is_slashable(s.validators[offender].status):
+                    continue
+                try:
+                    check(evidence, engine.chain_id, s.public_key_of)
+                except InvalidEvidence:
+                    continue  # another registry on this branch: the index names another key
+                taken.add(offender)
+                out.append(evidence)
+            return tuple(out)
+
+        return chosen(self.proposer_slashings, check_proposer_slashing), \
+            chosen(self.attester_slashings, check_attester_slashing)
 
     def for_inclusion(self, engine: "PosEngine", parent: Any, slot: int) -> list[Attestation]:
         """The pooled votes a block at `slot` on `parent` may carry (every rule of
@@ -337,6 +421,10 @@ class PosEngine:
         # Fork choice needs the whole tree's votes, not one branch's: it lives here, fed
         # with every block added (its votes included) and, later, gossiped votes.
         self.fork_choice: ForkChoice | None = None
+        # Evidence the detector found, encoded, until the core takes it to gossip. Each
+        # offender is reported once, so this holds at most one entry per validator.
+        self._new_evidence: list[bytes] = []
+        self._evidence_final: bytes | None = None  # the final block the pool's evidence was last pruned at
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> "PosEngine":
@@ -545,6 +633,7 @@ class PosEngine:
     def choose_head(self, tree: Any, added: Any) -> Any:
         fc = self._fork_choice(tree)
         self._prune_at_finality(tree, fc)
+        self._prune_evidence(tree)
         if added is not None:
             fc.on_block(added.hash, added.header.parent, self.slot_of(added.header))
             body = decode_body(added.block.consensus)
@@ -554,20 +643,22 @@ class PosEngine:
                 fc.on_attestation(a.validator, a.data.slot, a.data.head)
                 evidence = self.detector.on_attestation(a)
                 if evidence is not None:
-                    self.pool.add_evidence(evidence)
+                    self._on_found_evidence(fc, evidence)
             proposal = SignedProposal(Proposal(body.proposer, self.slot_of(added.header), added.hash), added.block.seal)
             evidence = self.detector.on_proposal(proposal)
             if evidence is not None:
-                self.pool.add_evidence(evidence)
+                self._on_found_evidence(fc, evidence)
+            # Evidence a block carries (checked with it) stays in our pool until the final
+            # state has slashed its offender: if a reorg drops this block, or the block
+            # is on a branch that loses, our proposals on the winning branch carry it.
+            for carried in body.proposer_slashings + body.attester_slashings:
+                self._retain_evidence(tree, carried)
             s: PosState = added.state.engine
-            slashed = {i for i, v in enumerate(s.validators) if v.slashed}
-            self.pool.drop_evidence_against(slashed)
-            for i in slashed:
-                self.detector.mark_slashed(i)
-            self.detector.on_epoch(s.epoch)
             for i, v in enumerate(s.validators):
-                if v.slashed:
+                if v.slashed:  # on any branch: the detector need not watch it, the fork choice ignores it
+                    self.detector.mark_slashed(i)
                     fc.on_equivocation(i)
+            self.detector.on_epoch(s.epoch)
             justified = s.ffg.current_justified
             if justified.epoch > fc.justified.epoch:
                 root = self._resolve(tree, justified.root)
@@ -655,14 +746,18 @@ class PosEngine:
 
     def slashings_json(self, tree: Any) -> dict:
         s: PosState = tree.head.state.engine
+
+        def pending(offender: int) -> bool:  # the pool also keeps evidence the head's chain carries
+            return not 0 <= offender < len(s.validators) or is_slashable(s.validators[offender].status)
+
         return {
             "included": [{"validator": i, "exit_epoch": v.exit_epoch, "stake_left": v.stake}
                          for i, v in enumerate(s.validators) if v.slashed],
             "pending_evidence": (
                 [{"kind": "double_proposal", "validator": e.a.proposal.validator, "slot": e.a.proposal.slot}
-                 for e in self.pool.proposer_slashings]
+                 for e in self.pool.proposer_slashings if pending(e.a.proposal.validator)]
                 + [{"kind": "attester", "validator": e.a.validator, "target_epochs": [e.a.data.target.epoch, e.b.data.target.epoch]}
-                   for e in self.pool.attester_slashings]),
+                   for e in self.pool.attester_slashings if pending(e.a.validator)]),
         }
 
     # --- duties (for producers and tests) ------------------------------------------------------
@@ -706,13 +801,76 @@ class PosEngine:
         # included: a validator that signs two links for one target is caught here.
         evidence = self.detector.on_attestation(a)
         if evidence is not None:
-            self.pool.add_evidence(evidence)
+            self._on_found_evidence(self._fork_choice(tree), evidence)
         if not self.pool.add(a):
             return True if evidence is not None else None  # forward the proof, keep the first vote
         self.pool.prune(s.slot)
         if tree.get(a.data.head) is None:
             return True  # kept for a block; the fork choice learns it when the block is known
         self._fork_choice(tree).on_attestation(a.validator, a.data.slot, a.data.head)  # latest slot wins
+        return True
+
+    # --- slashing evidence ---------------------------------------------------------------------
+
+    def _on_found_evidence(self, fc: ForkChoice, evidence: ProposerSlashing | AttesterSlashing) -> None:
+        """Our detector caught an offender (it checked nothing twice: both messages had
+        verified): keep the evidence for our next proposal, take the offender's weight
+        out of the fork choice, and hand the evidence to the core to gossip."""
+        self.pool.add_evidence(evidence)
+        fc.on_equivocation(offender_of(evidence))
+        self._new_evidence.append(encode_evidence(evidence))
+
+    def _retain_evidence(self, tree: Any, evidence: ProposerSlashing | AttesterSlashing) -> None:
+        """Keep checked evidence for our proposals, unless the final state cannot slash its offender."""
+        offender = offender_of(evidence)
+        if self.pool.holds_evidence_against(offender):
+            return
+        s: PosState = tree.canonical[tree.final_height].state.engine
+        if 0 <= offender < len(s.validators) and not is_slashable(s.validators[offender].status):
+            return
+        self.pool.add_evidence(evidence)
+
+    def _prune_evidence(self, tree: Any) -> None:
+        """Once the final block moves: drop the evidence against validators its state can
+        no longer slash (slashed, or out of reach); no reorg can bring them back."""
+        final = tree.canonical[tree.final_height]
+        if final.hash == self._evidence_final or not (self.pool.proposer_slashings or self.pool.attester_slashings):
+            return
+        self._evidence_final = final.hash
+        s: PosState = final.state.engine
+        self.pool.drop_evidence_against({i for i, v in enumerate(s.validators) if not is_slashable(v.status)})
+
+    def take_new_evidence(self, tree: Any) -> list[bytes]:
+        if not self._new_evidence:
+            return []
+        found, self._new_evidence = self._new_evidence, []
+        return found
+
+    def on_evidence(self, tree: Any, payload: bytes) -> bool | None:
+        """Evidence from gossip: True to accept and forward, None to ignore (the offender
+        is caught already, by us or by earlier evidence, or slashed), False for evidence
+        that is malformed, forged or proves no offence (the sender answers for it)."""
+        try:
+            evidence = decode_evidence(payload)
+        except DecodeError:
+            return False
+        offender = offender_of(evidence)
+        s: PosState = tree.head.state.engine
+        # [IGNORE] The offender is known: one piece of evidence per validator is enough.
+        if self.detector.is_caught(offender):
+            return None
+        # [IGNORE] Slashed on our chain already (or past the point where it can be).
+        if 0 <= offender < len(s.validators) and not is_slashable(s.validators[offender].status):
+            return None
+        # [REJECT] It must prove an offence, signed by the offender on this chain.
+        check = check_proposer_slashing if isinstance(evidence, ProposerSlashing) else check_attester_slashing
+        try:
+            check(evidence, self.chain_id, s.public_key_of)
+        except InvalidEvidence:
+            return False
+        self.pool.add_evidence(evidence)
+        self.detector.mark_slashed(offender)  # our detector need not catch it again
+        self._fork_choice(tree).on_equivocation(offender)
         return True
 
 

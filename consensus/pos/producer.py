@@ -11,10 +11,13 @@ every active validator votes a third into the slot, for the head it sees then.
 
 Byzantine switches, for tests and chaos runs only (NodeConfig.byzantine, off by
 default); each skips the protection record on purpose:
-  double-propose  a second, different block in each of its slots
+  double-propose  a second, different block in each of its slots, on the honest block's
+                  parent (where the slot is its own) without its transactions and votes
   double-vote     a second vote per slot for a different target root
   surround-vote   with each vote, one from the genesis checkpoint to the next epoch,
                   which surrounds its honest link of the slot
+The node core has switches of its own ("withhold", "spam": node/byzantine.py), valid
+under any engine; a producer accepts their names and leaves them to the core.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -36,7 +39,10 @@ from consensus.pos.types import Attestation, AttestationData, Checkpoint, Propos
 from consensus.pos.validators import is_active
 from consensus.types import Block, Transaction
 
-BYZANTINE_SWITCHES = frozenset({"double-propose", "double-vote", "surround-vote"})
+VALIDATOR_SWITCHES = frozenset({"double-propose", "double-vote", "surround-vote"})  # what a producer does
+# Every name NodeConfig.byzantine may hold (node.settings.BYZANTINE_BEHAVIOURS lists the
+# same): the validator's, and the core's own, which consensus cannot import.
+BYZANTINE_SWITCHES = VALIDATOR_SWITCHES | frozenset({"withhold", "spam"})
 
 
 class Duties(NamedTuple):
@@ -86,15 +92,19 @@ class Producer:
         if slot > self.last_proposed_slot and engine.slot_of(head.header) < slot \
                 and engine.proposer_at(head.state, slot) == me:
             self.last_proposed_slot = slot
+            honest = None
             try:
                 record = record.record_proposal(slot)
-                duties.blocks.append(self._block(tree, head, slot, me, candidates(), transactions_max))
+                honest = self._block(tree, head, slot, me, candidates(), transactions_max)
+                duties.blocks.append(honest)
             except Refused as exc:
                 duties.refused.append(f"proposal at slot {slot}: {exc}")
             if "double-propose" in self.byzantine:
-                # A twin for the same slot on the head's parent: another block, same slot.
-                twin_parent = head.parent if head.parent is not None else head
-                duties.blocks.append(self._block(tree, twin_parent, slot, me, [], transactions_max, with_votes=False))
+                twin = self._twin(tree, head, slot, me, honest, transactions_max)
+                if isinstance(twin, str):
+                    duties.refused.append(f"double proposal at slot {slot}: {twin}")
+                else:
+                    duties.blocks.append(twin)
         # Vote a third into the slot, once.
         if slot > self.last_voted_slot and now_ms >= engine.slot_time_ms(slot) + engine.params.slot_ms // 3:
             self.last_voted_slot = slot
@@ -128,6 +138,23 @@ class Producer:
             return vote_at
         return engine.slot_time_ms(slot + 1)
 
+    def _twin(self, tree: Any, parent: Any, slot: int, me: int, honest: Block | None,
+              transactions_max: int) -> Block | str:
+        """Byzantine "double-propose": a second block for `slot` on `parent`, the honest
+        block's parent, with other contents (no transactions, no votes), so another root:
+        a genuine double proposal. Only where this validator proposes `slot` on `parent`
+        (elsewhere the block is invalid, and building it would raise); otherwise, or if
+        it would be the honest block itself, the reason it was skipped."""
+        if self.engine.proposer_at(parent.state, slot) != me:
+            return f"validator {me} does not propose slot {slot} on block {parent.hash.hex()[:16]}"
+        try:
+            twin = self._block(tree, parent, slot, me, [], transactions_max, with_votes=False)
+        except ValidationError as exc:
+            return f"no valid twin: {exc}"
+        if honest is not None and twin.hash == honest.hash:
+            return "the honest block is empty, so a twin would be the same block"
+        return twin
+
     def _vote(self, me: int, data: AttestationData) -> bytes:
         return encode_vote(Attestation(me, data, self.key.sign(data.signing_bytes(self.engine.chain_id))))
 
@@ -138,8 +165,8 @@ class Producer:
         votes = engine.pool.for_inclusion(engine, parent, slot) if with_votes else []
         template = tree.start_template(parent)
         tree.fill_template(template, candidates, transactions_max)
-        body = PosBody(me, reveal, tuple(votes[:ATTESTATIONS_PER_BLOCK_MAX]),
-                       tuple(engine.pool.proposer_slashings), tuple(engine.pool.attester_slashings))
+        proposer_slashings, attester_slashings = engine.pool.evidence_for_inclusion(engine, parent, slot)
+        body = PosBody(me, reveal, tuple(votes[:ATTESTATIONS_PER_BLOCK_MAX]), proposer_slashings, attester_slashings)
         try:
             block = tree.seal_template(template, self.key.address, engine.slot_time_ms(slot), encode_body(body))
         except ValidationError:

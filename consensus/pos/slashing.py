@@ -265,6 +265,10 @@ class SlashingDetector:
         self._slashed.add(validator)
         self._seen.pop(validator, None)
 
+    def is_caught(self, validator: int) -> bool:
+        """Evidence against `validator` was found or learned (or it was slashed): nothing more to watch."""
+        return validator in self._slashed
+
     def stored_count(self) -> int:
         """Messages held now (for tests and metrics)."""
         return sum(len(s.proposals) + len(s.attestations) for s in self._seen.values())

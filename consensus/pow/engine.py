@@ -89,6 +89,12 @@ class PowEngine:
     def on_vote(self, tree: BlockTree, payload: bytes) -> None:
         return None  # there are no votes in proof of work: ignored, not a fault
 
+    def on_evidence(self, tree: BlockTree, payload: bytes) -> None:
+        return None  # nobody can be slashed in proof of work: ignored, not a fault
+
+    def take_new_evidence(self, tree: BlockTree) -> list[bytes]:
+        return []
+
     def final_height(self, tree: BlockTree) -> int:
         # Probabilistic finality made a rule: nothing reorganises deeper than the bound.
         return max(0, tree.head.height - tree.params.reorg_depth_max)

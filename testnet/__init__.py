@@ -1,0 +1,1 @@
+"""Real multi-node networks: local testnets under fault injection (nemesis), invariant checks over RPC, chaos runs."""
