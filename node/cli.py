@@ -63,9 +63,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
     byzantine: dict[int, tuple[str, ...]] = {}
     for node, switches in args.byzantine or ():
         byzantine[node] = tuple(sorted(set(byzantine.get(node, ())) | set(switches)))
-    if byzantine and args.consensus != "pos":
-        print("chainlab sim: --byzantine switches are validator misbehaviour: they need --consensus pos",
-              file=sys.stderr)
+    from consensus.pos.producer import VALIDATOR_SWITCHES
+
+    used = {s for switches in byzantine.values() for s in switches}
+    if used & set(VALIDATOR_SWITCHES) and args.consensus != "pos":
+        print(f"chainlab sim: {', '.join(sorted(used & set(VALIDATOR_SWITCHES)))}: validator misbehaviour, "
+              "needs --consensus pos", file=sys.stderr)
+        return 2
+    if "withhold" in used and args.consensus != "pow":
+        print("chainlab sim: withhold is a mining strategy (selfish mining): needs --consensus pow", file=sys.stderr)
         return 2
     if any(node >= nodes for node in byzantine):
         print(f"chainlab sim: --byzantine names node {max(byzantine)}, but nodes are 0..{nodes - 1}", file=sys.stderr)
@@ -365,12 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"comma-separated faults drawn from the seed: {','.join(FAULT_TYPES)}; with --swarm, "
                           "the faults each seed draws from (default: all)")
     sim.add_argument("--byzantine", type=_byzantine, action="append", metavar="NODE=SWITCHES",
-                     help="pos: make validator NODE misbehave on purpose, e.g. 1=double-vote (repeatable; "
-                          "switches comma-separated: double-propose, double-vote, surround-vote)")
+                     help="make NODE misbehave on purpose, e.g. 1=double-vote (repeatable; switches "
+                          "comma-separated: pos validators double-propose, double-vote, surround-vote; pow "
+                          "withhold (selfish mining); spam (invalid blocks and transactions) on either)")
     sim.add_argument("--tx-rate", type=float, default=2.0, help="transfers per simulated second (default: 2)")
     sim.add_argument("--swarm", action="store_true",
-                     help="run many short simulations, each with its faults, node count and (pos) byzantine "
-                          "validators drawn from its seed; prints one line per run, a summary, and the replay "
+                     help="run many short simulations, each with its faults, node count and byzantine "
+                          "nodes drawn from its seed; prints one line per run, a summary, and the replay "
                           "command of every failure; exits 1 when any run fails")
     sim.add_argument("--seeds", type=_positive_int, default=None,
                      help="with --swarm: how many seeds to run, from --seed on (default: 20)")

@@ -17,10 +17,11 @@ from sim.scenario import FAULT_TYPES, SimConfig, SimResult, run_simulation
 SWARM_NODES = (4, 5)  # drawn node count when none is given: small, so a run takes a fraction of a second
 SWARM_DURATION_S = 45.0  # 20 s of faults after a 5 s warm-up, then the simulator's 20 s quiet period
 FAULT_CHANCE = 0.6  # each allowed fault is on with this chance (at least one always is)
-BYZANTINE_CHANCE = 0.5  # pos: half the runs have byzantine validators, half are honest
+BYZANTINE_CHANCE = 0.5  # half the runs of each engine have byzantine nodes, half are honest
 # The switches (consensus.pos.producer.VALIDATOR_SWITCHES) a seed may draw. Evidence now
 # outlives a reorg that drops the block carrying it (consensus.pos.engine.VotePool), and a
 # double proposal's twin is built only where the slot is the validator's own.
+POW_SWITCHES = ("withhold", "spam")  # node/byzantine.py: selfish mining, invalid blocks and transactions
 SWARM_SWITCHES = ("double-vote", "double-propose", "surround-vote")
 
 
@@ -101,6 +102,9 @@ def draw_config(seed: int, consensus: str, *, nodes: int | None = None, duration
     if consensus == "pos" and (n - 1) // 3 >= 1 and rng.random() < BYZANTINE_CHANCE:
         for node in sorted(rng.sample(range(n), rng.randint(1, (n - 1) // 3))):
             byzantine[node] = (rng.choice(SWARM_SWITCHES),)
+    # pow: half the runs have one misbehaving node, a selfish miner or a spammer.
+    if consensus == "pow" and rng.random() < BYZANTINE_CHANCE:
+        byzantine[rng.randrange(n)] = (rng.choice(POW_SWITCHES),)
     config = SimConfig(consensus=consensus, nodes=n, seed=seed, duration_s=duration_s, faults=chosen,
                        byzantine=byzantine)
     if tx_rate is not None:

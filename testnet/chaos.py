@@ -436,7 +436,7 @@ class LocalRun:
     async def experiment(self) -> dict:
         from consensus.presets import account_key
         from sim.scenario import DEEP_K
-        from testnet.observe import BlockCache, Clients, DeepTracker, HeightSampler
+        from testnet.observe import BanWatcher, BlockCache, Clients, DeepTracker, HeightSampler
 
         loop = asyncio.get_running_loop()
         config, schedule = self.config, self.schedule
@@ -464,7 +464,9 @@ class LocalRun:
             load = Load(clients, honest, keys, chain_id, random.Random(f"{config.seed}/load"), config.tx_rate)
             quiet_s = schedule.duration_s - schedule.heal_at_s
             load_end_s = schedule.heal_at_s + LOAD_STOP_FRACTION * quiet_s
+            bans = BanWatcher(clients, honest)
             background.append(asyncio.ensure_future(sampler.run(stop)))
+            background.append(asyncio.ensure_future(bans.run(stop)))
             background.append(asyncio.ensure_future(_deep_loop(deep, sampler, stop, self.log)))
             load_task = asyncio.ensure_future(load.run(t0, 1.0, load_end_s))
             background.append(load_task)
@@ -497,6 +499,8 @@ class LocalRun:
             await asyncio.gather(*background, return_exceptions=True)
             verdicts = judge(config, schedule, views, [h.name for h in honest], heads_verdict, missing, deep.deep,
                              sampler.final_heights())
+            await bans.poll_once()  # the peers each honest node has now, after the heal
+            verdicts += penalties_verdicts(schedule, handles, honest, nemesis.node_ids, bans)
             verdicts.append(liveness)
             if finality is not None:
                 verdicts.append(finality)
@@ -762,6 +766,29 @@ def judge(config: ChaosConfig, schedule: Schedule, views: dict, honest: list[str
         equivocators = {n for n, role in schedule.byzantine.items() if role == "equivocate"}
         if equivocators:
             verdicts.append(check_byzantine_slashed(hv, equivocators))
+    return verdicts
+
+
+def penalties_verdicts(schedule: Schedule, handles: list, honest: list, node_ids: list[str], bans) -> list[Verdict]:
+    """Byzantine peers penalised (every honest node banned each spammer at some point of the
+    run) and faulted peers able to rejoin (no honest node ever banned another, and each
+    has a peer at the end), from the bans and peer counts a BanWatcher saw."""
+    spammers = [i for i, role in sorted(schedule.byzantine.items()) if role == "spam"]
+    honest_ids = {node_ids[handles.index(h)]: h.name for h in honest}
+    verdicts = []
+    if spammers:
+        missing = [f"{h.name} never banned {handles[i].name}" for i in spammers for h in honest
+                   if node_ids[i] not in bans.banned.get(h.name, set())]
+        verdicts.append(Verdict("byzantine peers penalised (every honest node banned each spammer)", not missing,
+                                "; ".join(missing) or ", ".join(f"{handles[i].name} banned by {len(honest)} honest nodes"
+                                                                 for i in spammers)))
+    wrongly = sorted(f"{h.name} banned {honest_ids[key]}" for h in honest for key in bans.banned.get(h.name, set())
+                     if key in honest_ids)
+    alone = sorted(h.name for h in honest if bans.peers.get(h.name, 0) < 1)
+    problems = wrongly + [f"{name} has no peer at the end" for name in alone]
+    verdicts.append(Verdict("faulted peers can rejoin (no honest node banned another; each has a peer)", not problems,
+                            "; ".join(problems) or f"{len(honest)} honest nodes connected, none banned by another: "
+                            + ", ".join(f"{n}={c}" for n, c in sorted(bans.peers.items()))))
     return verdicts
 
 

@@ -378,3 +378,40 @@ class DeepTracker:
                 self.scanned[node.name] = height + 1
 
         await asyncio.gather(*(one(n) for n in self.nodes))
+
+
+BAN_POLL_S = 2.0  # bans last a minute: a poll every 2 s sees each one
+BANS_KEPT_MAX = 4_096
+
+
+@dataclass
+class BanWatcher:
+    """Polls `net_listBans` and `net_info` on the observed nodes: who banned whom at some
+    point of the run (a ban expires, so the end alone would miss it), and how many peers
+    each node had at its last answer."""
+
+    clients: Clients
+    nodes: Sequence[NodeHandle]
+    interval_s: float = BAN_POLL_S
+    banned: dict[str, set[str]] = field(default_factory=dict)  # observer -> ban keys (node ids, addresses)
+    peers: dict[str, int] = field(default_factory=dict)  # observer -> peers at its last answer
+
+    async def poll_once(self) -> None:
+        async def one(node: NodeHandle) -> None:
+            with contextlib.suppress(ObserveError, KeyError, TypeError):  # down or paused: next poll
+                bans = await self.clients.call(node, "net_listBans", timeout_s=SAMPLE_TIMEOUT_S)
+                seen = self.banned.setdefault(node.name, set())
+                for ban in bans:
+                    if len(seen) < BANS_KEPT_MAX:
+                        seen.add(str(ban["peer"]))
+                info = await self.clients.call(node, "net_info", timeout_s=SAMPLE_TIMEOUT_S)
+                self.peers[node.name] = int(info["peers"])
+
+        await asyncio.gather(*(one(n) for n in self.nodes))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.poll_once()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await stop.wait()

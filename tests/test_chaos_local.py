@@ -182,24 +182,30 @@ def test_delay_skew_and_overlaps_compose() -> None:
 
 
 @pytest.mark.chaos
-def test_local_pow_chaos_run_injects_every_fault_and_passes(tmp_path: Path) -> None:
+def test_local_pow_chaos_run_injects_every_fault_and_passes(tmp_path: Path, say) -> None:
     out = tmp_path / "run"
-    argv = [*CHAINLAB, "chaos", "--target", "local", "--consensus", "pow", "--nodes", "4", "--duration", "60",
-            "--seed", "1", "--faults", "kill,pause,partition,delay,skew", "--out", str(out)]
+    argv = [*CHAINLAB, "chaos", "--target", "local", "--consensus", "pow", "--nodes", "5", "--duration", "60",
+            "--seed", "4", "--faults", "kill,pause,partition,delay,skew,withhold,spam", "--out", str(out)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=LOCAL_RUN_TIMEOUT_S, cwd=REPO,
                               stdin=subprocess.DEVNULL)
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-6000:]
         report = read_report(out)
+        say(f"chaos --target local: injected {report['faults_injected']}; verdicts "
+            f"{sum(v['ok'] for v in report['verdicts'])}/{len(report['verdicts'])} pass; converged "
+            f"{report['convergence_s']} s after the heal; transactions {report['transactions']}")
         assert report["ok"] and report["target"] == "local"
-        for kind in ("kill", "pause", "partition", "delay", "skew"):
+        for kind in ("kill", "pause", "partition", "delay", "skew", "withhold", "spam"):
             assert report["faults_injected"].get(kind, 0) >= 1, (kind, report["faults_injected"])
         assert all(v["ok"] for v in report["verdicts"]), [v for v in report["verdicts"] if not v["ok"]]
+        names = {v["name"] for v in report["verdicts"]}
+        assert any(n.startswith("byzantine peers penalised") for n in names), names  # the spammer was banned
+        assert any(n.startswith("faulted peers can rejoin") for n in names), names
         assert report["convergence_s"] is not None, output[-3000:]
         assert report["transactions"]["sent"] > 0 and report["transactions"]["included"] > 0
-        assert set(report["timeline"]["heights"]) == {f"node{i}" for i in range(4)}
-        assert "replay: chainlab chaos --target local --consensus pow --nodes 4 --duration 60 --seed 1" in done.stdout
+        assert set(report["timeline"]["heights"]) == {f"node{i}" for i in range(5)}
+        assert "replay: chainlab chaos --target local --consensus pow --nodes 5 --duration 60 --seed 4" in done.stdout
     finally:
         # Every node process is gone, whatever happened: the runner stops them, this makes sure.
         nodes_file = out / "testnet" / "nodes.json"
@@ -211,3 +217,25 @@ def test_local_pow_chaos_run_injects_every_fault_and_passes(tmp_path: Path) -> N
                         subprocess.run(["kill", "-9", str(pid)], check=False)
                         left.append(pid)
         assert not left, f"node processes left running: {left}"
+
+
+def test_penalties_verdicts_need_every_honest_node_to_ban_the_spammer_and_no_honest_node() -> None:
+    from types import SimpleNamespace
+
+    from sim.schedule import Schedule
+    from testnet.chaos import penalties_verdicts
+
+    handles = [SimpleNamespace(name=f"node{i}") for i in range(4)]
+    honest = handles[:3]
+    ids = [f"id{i}" for i in range(4)]
+    schedule = Schedule(seed=1, nodes=4, duration_s=60, heal_at_s=39, consensus="pow", events=(), byzantine={3: "spam"})
+    good = SimpleNamespace(banned={"node0": {"id3"}, "node1": {"id3", "10.0.0.9:1"}, "node2": {"id3"}},
+                           peers={"node0": 2, "node1": 2, "node2": 1})
+    assert all(v.ok for v in penalties_verdicts(schedule, handles, honest, ids, good))
+    missed = SimpleNamespace(banned={"node0": {"id3"}, "node1": set(), "node2": {"id3"}}, peers=good.peers)
+    penalised, rejoin = penalties_verdicts(schedule, handles, honest, ids, missed)
+    assert not penalised.ok and "node1 never banned node3" in penalised.detail and rejoin.ok
+    wrong = SimpleNamespace(banned={**good.banned, "node2": {"id3", "id0"}}, peers={**good.peers, "node1": 0})
+    penalised, rejoin = penalties_verdicts(schedule, handles, honest, ids, wrong)
+    assert penalised.ok and not rejoin.ok
+    assert "node2 banned node0" in rejoin.detail and "node1 has no peer at the end" in rejoin.detail

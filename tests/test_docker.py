@@ -347,5 +347,7 @@ def test_docker_chaos_run_injects_every_fault_and_keeps_every_invariant(request,
     left = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").stdout.split()
     left += docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}").stdout.split()
     assert not left, f"left behind by {project}: {left}"
-    report(request, f"chaos --target docker: {result['faults_injected']}, converged in {result['convergence_s']} s, "
+    report(request, f"chaos --target docker: injected {result['faults_injected']}; verdicts "
+                    f"{sum(v['ok'] for v in result['verdicts'])}/{len(result['verdicts'])} pass; converged "
+                    f"{result['convergence_s']} s after the heal; transactions {result['transactions']}; "
                     f"{time.monotonic() - started:.0f} s in all")

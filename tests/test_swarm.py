@@ -13,12 +13,12 @@ from node.cli import main
 from sim import swarm
 from sim.invariants import Verdict
 from sim.scenario import FAULT_TYPES, run_simulation
-from sim.swarm import SWARM_SWITCHES, draw_config, format_run, format_summary, run_swarm
+from sim.swarm import POW_SWITCHES, SWARM_SWITCHES, draw_config, format_run, format_summary, run_swarm
 
 SEEDS = range(1, 51)
 
 
-def test_fifty_seeds_per_engine_keep_every_invariant_and_inject_every_fault_drawn():
+def test_fifty_seeds_per_engine_keep_every_invariant_and_inject_every_fault_drawn(say):
     lines: list[str] = []
     report = run_swarm(SEEDS, ("pow", "pos"), on_run=lambda run: lines.append(format_run(run)))
     assert len(report.runs) == 2 * len(SEEDS) == len(lines)
@@ -27,13 +27,14 @@ def test_fifty_seeds_per_engine_keep_every_invariant_and_inject_every_fault_draw
     totals = report.faults_injected()
     drawn = {f for run in report.runs for f in run.config.faults}
     drawn |= {s for run in report.runs for switches in run.config.byzantine.values() for s in switches}
-    assert drawn == set(FAULT_TYPES) | set(SWARM_SWITCHES), "fifty seeds draw every fault at least once"
+    assert drawn == set(FAULT_TYPES) | set(SWARM_SWITCHES) | set(POW_SWITCHES), "fifty seeds draw every fault"
     assert all(totals.get(name, 0) > 0 for name in drawn), totals
     # The draw varies what it should: node counts, and honest and byzantine pos runs.
     assert {run.config.nodes for run in report.runs} == {4, 5}
     pos = [run for run in report.runs if run.config.consensus == "pos"]
     assert 0 < sum(1 for run in pos if run.config.byzantine) < len(pos)
     summary = format_summary(report)
+    say(f"swarm, seeds {SEEDS.start}-{SEEDS.stop - 1} per engine: " + summary.replace("\n", "; "))
     assert summary.startswith(f"runs {2 * len(SEEDS)}, failures 0")
     assert "replay" not in summary
 
@@ -44,7 +45,10 @@ def test_the_draw_is_a_function_of_seed_and_engine_and_byzantine_stays_below_a_t
     for seed in range(200):
         config = draw_config(seed, "pos", nodes=7)
         assert config.nodes == 7 and len(config.byzantine) < 7 / 3
-        assert not draw_config(seed, "pow").byzantine
+        assert set(config.byzantine.values()) <= {(s,) for s in SWARM_SWITCHES}
+        pow_config = draw_config(seed, "pow")
+        # pow: at most one misbehaving node, a selfish miner or a spammer.
+        assert len(pow_config.byzantine) <= 1 and set(pow_config.byzantine.values()) <= {(s,) for s in POW_SWITCHES}
 
 
 def force_failure(monkeypatch, seed: int, engine: str) -> None:
@@ -94,7 +98,8 @@ def test_json_output_lists_every_run_and_the_summary(monkeypatch, capsys):
     (["sim", "--consensus", "both"], "need(s) --swarm"),
     (["sim", "--seeds", "3"], "need(s) --swarm"),
     (["sim", "--swarm", "--byzantine", "1=double-vote"], "draws byzantine switches"),
-    (["sim", "--byzantine", "1=double-vote"], "need --consensus pos"),
+    (["sim", "--byzantine", "1=double-vote"], "needs --consensus pos"),
+    (["sim", "--consensus", "pos", "--byzantine", "1=withhold"], "needs --consensus pow"),
     (["sim", "--consensus", "pos", "--nodes", "4", "--byzantine", "4=double-vote"], "nodes are 0..3"),
 ])
 def test_flags_that_do_not_go_together_are_refused(argv, message, capsys):
