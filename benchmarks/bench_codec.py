@@ -47,7 +47,7 @@ def main(quick: bool = False) -> list[Figure]:
     repeat = 3 if quick else 15
 
     block = build_block(count)
-    raw = [list(block.header), [list(tx) for tx in block.transactions]]
+    raw = [list(block.header), [list(tx) for tx in block.transactions], block.consensus, block.seal]
     data = block.encode()
     # Like for like: the same bytes, and our decoder gives back the same block.
     assert msgpack.packb(raw) == data

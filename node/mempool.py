@@ -69,7 +69,7 @@ class Mempool:
             raise
 
     def _add(self, tx: Transaction, state: State, chain_id: str, params: ChainParams, check_signature: bool,
-             verified: VerifiedSignatures | None = None) -> bytes:
+             verified: VerifiedSignatures | None = None, readmit: bool = False) -> bytes:
         txid = tx.txid
         if txid in self.by_id:
             raise AlreadyKnown(f"transaction {txid.hex()[:16]} is already pending")
@@ -99,7 +99,10 @@ class Mempool:
             )
         if replaced is None and len(self.by_id) >= self.transactions_max:
             victim = self._cheapest_tail(excluding=sender)
-            if victim is None or victim.fee >= tx.fee:
+            # A transaction a reorg reverted was in a block already, and later nonces of
+            # its sender may wait for it: it goes back in ahead of a pending one of the
+            # same fee (the tail of another sender, so no nonce gap opens there).
+            if victim is None or (victim.fee > tx.fee if readmit else victim.fee >= tx.fee):
                 raise MempoolFull(f"mempool holds {len(self.by_id)} transactions and none pays less than fee {tx.fee}")
             self._remove(victim)
             self.evicted += 1
@@ -160,9 +163,11 @@ class Mempool:
             for tx in entry.block.transactions:
                 try:
                     # Signatures were checked when the block was applied.
-                    self._add(tx, state, chain_id, params, check_signature=False)
+                    self._add(tx, state, chain_id, params, check_signature=False, readmit=True)
                 except (InvalidTransaction, MempoolRejected):
-                    continue  # included again on the new branch, or no longer payable
+                    # Included again on the new branch, no longer payable, or a full pool
+                    # of higher fees: the new chain's rules, not a loss to report.
+                    continue
                 readmitted.append(tx)
         return readmitted
 

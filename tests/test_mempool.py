@@ -380,6 +380,30 @@ def test_a_reorg_takes_back_the_reverted_transactions():
     assert mp.select(t.head_state(), 10) == [a0, a1]
 
 
+def test_a_reorg_into_a_full_pool_takes_back_reverted_transactions_before_pending_ones_of_the_same_fee():
+    # The pool is full of transactions of the same fee when a reorg reverts a block: the
+    # reverted ones were in a chain already and their senders' later nonces wait for them,
+    # so they go back in, in place of pending tails of other senders (no nonce gap opens).
+    t, mp = tree(), pool(transactions_max=3)
+    a0, a1, b0, c0, c1 = tx(0, 0), tx(0, 1), tx(1, 0), tx(2, 0), tx(2, 1)
+    genesis = t.head
+    add(mp, a0)
+    first = extend(t, (a0,))
+    mp.on_head_changed(first, t.head_state(), CHAIN, PARAMS)
+    for x in (a1, b0, c0):
+        add(mp, x)
+    with pytest.raises(MempoolFull):
+        add(mp, c1)  # a new transaction of the same fee does not push anything out
+    side1 = extend(t, (), parent=genesis, producer=6)
+    reorg = extend(t, (), parent=side1.entry, producer=6)
+    assert reorg.head_changed and reorg.reorg_depth == 1
+    readmitted = mp.on_head_changed(reorg, t.head_state(), CHAIN, PARAMS)
+    assert readmitted == [a0] and a0.txid in mp and len(mp) == 3
+    assert a1.txid in mp  # its sender's next nonce is not the one evicted
+    assert mp.evicted == 1 and (b0.txid in mp) != (c0.txid in mp)  # one tail of another sender made room
+    assert mp.select(t.head_state(), 10)[:2] == [a0, a1]
+
+
 def test_on_head_changed_leaves_unrelated_transactions_alone():
     t, mp = tree(), pool()
     c0, c1 = tx(2, 0), tx(2, 1)
