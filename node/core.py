@@ -326,6 +326,7 @@ class NodeCore:
                           if validator_key is not None else None)
         self._persist_protection: bytes | None = None
         self._votes_arrived = False
+        self._duty_at = (-1, 0)  # (now_ms, the validator's next duty then)
         self.blocks_proposed = 0
         self.votes_made = 0
         self.evidence_published = 0  # slashing evidence this node's detector found and gossiped
@@ -376,8 +377,10 @@ class NodeCore:
     def ready(self) -> Ready:
         self._flush_gossip()
         sends = []
-        for conn_id in sorted(self.peers):
-            data = self.peers[conn_id].conn.data_to_send()
+        # Peers in connection order (the shells number connections upwards), so the order
+        # of sends is the same on every run of the same inputs.
+        for conn_id, peer in self.peers.items():
+            data = peer.conn.data_to_send()
             if data:
                 sends.append((conn_id, data))
         if self._closing:
@@ -386,23 +389,18 @@ class NodeCore:
                 if data:
                     sends.append((conn_id, data))
             self._closing.clear()
-        ready = Ready(
-            now_ms=self.now_ms,
-            persist_blocks=self._persist_blocks,
-            persist_peers=self._persist_peers,
-            persist_transactions=self._persist_transactions,
-            persist_protection=self._persist_protection,
-            sends=sends,
-            closes=self._closes,
-            dials=self._dials,
-            mining_changed=self._mining_changed,
-            mining=self.work,
-            replies=self._replies,
-            logs=self._logs,
-            wake_at_ms=min(self.now_ms + self.config.heartbeat_ms,
-                           *(at for topic, at in self._held_flush_at_ms.items() if at > self.now_ms and self._held_out[topic]),
-                           self.validator.next_duty_ms(self.now_ms) if self.validator is not None else 2**63),
-        )
+        now = self.now_ms
+        wake = now + self.config.heartbeat_ms
+        for topic, at in self._held_flush_at_ms.items():
+            if now < at < wake and self._held_out[topic]:
+                wake = at
+        if self.validator is not None:
+            if self._duty_at[0] != now:  # the clock moves only with ticks: once per tick
+                self._duty_at = (now, self.validator.next_duty_ms(now))
+            wake = min(wake, self._duty_at[1])
+        ready = Ready(now, self._persist_blocks, self._persist_peers, self._persist_transactions, sends,
+                      self._closes, self._dials, self._mining_changed, self.work, self._replies, self._logs, wake,
+                      self._persist_protection)
         self._persist_blocks, self._persist_peers, self._persist_transactions = [], [], []
         self._persist_protection = None
         self._closes, self._dials = [], []
@@ -832,7 +830,9 @@ class NodeCore:
         # drawn for the batch, less what a peer sent us itself (its duplicates meanwhile
         # say it has them). Blocks go at once: they are what propagation time is about.
         out = self._gossip_out
-        due = [topic for topic, held in self._held_out.items() if held and self.now_ms >= self._held_flush_at_ms[topic]]
+        held_out = self._held_out
+        due = [topic for topic, held in held_out.items() if held and self.now_ms >= self._held_flush_at_ms[topic]] \
+            if held_out[Topic.VOTES] or held_out[Topic.TRANSACTIONS] else ()
         if due:
             ready = self._ready_peer_ids()
             for topic in due:

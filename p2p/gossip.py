@@ -44,6 +44,7 @@ class SeenCache:
         self.entries_max = entries_max
         self.ttl_ms = ttl_ms
         self._entries: OrderedDict[bytes, list[int]] = OrderedDict()  # id -> [expires_ms, copies]
+        self._expires_ms = 2**63  # no entry expires before this (the oldest's expiry, or earlier)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,6 +60,7 @@ class SeenCache:
             entry[1] += 1
             return False
         self._entries[msg_id] = [now_ms + self.ttl_ms, 1]
+        self._expires_ms = min(self._expires_ms, now_ms + self.ttl_ms)
         while len(self._entries) > self.entries_max:
             self._entries.popitem(last=False)
         return True
@@ -68,12 +70,16 @@ class SeenCache:
         return entry[1] if entry else 0
 
     def expire(self, now_ms: int) -> None:
+        if now_ms < self._expires_ms:
+            return  # nothing is old enough yet (checked on every message: keep it cheap)
         # Insertion order is expiry order, since the TTL is one constant.
         while self._entries:
             first = next(iter(self._entries.values()))
             if first[0] > now_ms:
-                break
+                self._expires_ms = first[0]
+                return
             self._entries.popitem(last=False)
+        self._expires_ms = 2**63
 
 
 class GossipRouter:

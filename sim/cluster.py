@@ -5,6 +5,7 @@ asyncio runtime does (persist, then send, then reply), runs a simulated miner, o
 and closes simulated connections, and crashes and restarts nodes from their stores.
 """
 
+import functools
 import hashlib
 import heapq
 import math
@@ -89,6 +90,11 @@ class Link:
     peer_conn: int
     last_ordered_ms: float = 0.0
     incarnation: int = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _event_name(kind: type) -> bytes:
+    return kind.__name__.encode()
 
 
 class Cluster:
@@ -214,7 +220,7 @@ class Cluster:
     def _step(self, node: SimNode, event: Any) -> None:
         assert node.core is not None and node.up
         self.last_stepped = node.index
-        self.digest.update(f"{self.now_ms}|{node.index}|{type(event).__name__}|".encode())
+        self.digest.update(b"%d|%d|%s|" % (self.now_ms, node.index, _event_name(type(event))))
         if isinstance(event, BytesReceived):
             self.digest.update(event.data)
         node.core.step(event)

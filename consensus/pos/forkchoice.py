@@ -85,6 +85,9 @@ class ForkChoice:
         self._justified = Checkpoint(0, genesis_root)
         self._finalized = Checkpoint(0, genesis_root)
         self._dirty = False
+        # Validators whose vote may differ from the applied one; None: all of them (the
+        # balances changed). Only they are looked at in the next pass.
+        self._touched: set[int] | None = set()
 
     # ---------------------------------------------------------------- inputs
 
@@ -127,6 +130,8 @@ class ForkChoice:
         if latest is not None and target_epoch <= latest.epoch:
             return False
         self._latest[validator] = LatestMessage(target_epoch, head)
+        if self._touched is not None:
+            self._touched.add(validator)
         self._dirty = True
         return True
 
@@ -137,12 +142,15 @@ class ForkChoice:
             return
         self._equivocators.add(validator)
         self._latest.pop(validator, None)  # its weight leaves in _apply_changes
+        if self._touched is not None:
+            self._touched.add(validator)
         self._dirty = True
 
     def set_balances(self, balances: dict[int, int]) -> None:
         """The stake of each active validator (from the justified state); absent is zero."""
         assert all(stake >= 0 for stake in balances.values()), "stakes are never negative"
         self._balances = dict(balances)
+        self._touched = None  # every stake may have changed
         self._dirty = True
 
     def set_justified(self, checkpoint: Checkpoint) -> None:
@@ -267,8 +275,12 @@ class ForkChoice:
         count = len(roots)
         deltas = [0] * count
         index = self._index
-        # The order of validators cannot reach the output: the deltas are sums.
-        for validator in self._applied.keys() | self._latest.keys():
+        # The order of validators cannot reach the output: the deltas are sums. Only the
+        # validators touched since the last pass can have a vote to move (a vote whose
+        # head was pruned was dropped from _applied with it, and counts nowhere).
+        touched = self._applied.keys() | self._latest.keys() if self._touched is None else self._touched
+        self._touched = set()
+        for validator in touched:
             latest = self._latest.get(validator)
             # A vote counts while its head is held (a head pruned by finalization does not).
             held = latest is not None and latest.root in index
