@@ -325,8 +325,8 @@ def _add_chaos_parser(sub) -> None:
     chaos.add_argument("--target", choices=["local", "docker", "sim"], default="local",
                        help="local: real node processes on 127.0.0.1 (node/testnet.py); docker: containers of a "
                             "compose project of its own (needs a Docker engine; the image builds on first use); "
-                            "sim: the deterministic simulator, which replays exactly from the seed but draws its "
-                            "own fault times (default: local)")
+                            "sim: the same schedule in the deterministic simulator, replayed exactly by the same "
+                            "command (default: local)")
     chaos.add_argument("--consensus", choices=["pow", "pos"], default="pow", help="consensus engine (default: pow)")
     chaos.add_argument("--nodes", type=_positive_int, default=4, help="number of nodes (default: 4)")
     chaos.add_argument("--duration", type=_duration, default=60.0,

@@ -53,6 +53,10 @@ class SimConfig:
     quiet_min_s: float = 20.0
     hashrates: list[float] | None = None  # per node; equal shares by default
     check_every_event: bool = True
+    # Timed faults given as data (sim.schedule.FaultEvent: kill, pause, partition, delay,
+    # skew) instead of drawn from the seed; `chainlab chaos --target sim` runs its
+    # schedule this way, so every target executes the same one. Empty: `faults` is drawn.
+    schedule: tuple = ()
 
     def replay_command(self) -> str:
         # Everything the command line can set, so the command replays this exact run.
@@ -316,6 +320,101 @@ class FaultPlan:
         self._note(c.now_ms, "all faults healed")
 
 
+class ScheduledFaults:
+    """A schedule's timed faults (sim.schedule.FaultEvent) on the simulated network, at
+    their times from the run's start; all healed by `heal_ms` like a drawn FaultPlan.
+    Counts are of faults that took effect, under the schedule's names."""
+
+    def __init__(self, cluster: Cluster, events: tuple, start_ms: int, heal_ms: int):
+        self.cluster = cluster
+        self.start_ms = start_ms
+        self.injected = {kind: 0 for kind in sorted({e.kind for e in events})}
+        self.log: list[str] = []
+        for event in events:
+            begin = start_ms + int(event.at_s * 1000)
+            end = min(heal_ms, begin + int(event.duration_s * 1000))
+            if begin >= heal_ms:
+                continue
+            state: dict = {}
+            cluster.at(begin, lambda c, e=event, st=state: self._start(c, e, st))
+            cluster.at(end, lambda c, e=event, st=state: self._end(c, e, st))
+        cluster.at(heal_ms, self._heal_all)
+
+    def _note(self, at: float, text: str) -> None:
+        self.log.append(f"{(at - self.start_ms) / 1000:.1f}s {text}")
+
+    def _start(self, c: Cluster, event: Any, st: dict) -> None:
+        p, nodes = event.params, list(event.nodes)
+        done = False
+        if event.kind == "kill":
+            st["victims"] = [n for n in nodes if c.nodes[n].up]
+            for n in st["victims"]:
+                c.crash(n)
+                self._note(c.now_ms, f"crash node {n}")
+            done = bool(st["victims"])
+        elif event.kind == "pause":
+            st["victims"] = [n for n in nodes if c.nodes[n].up and not c.nodes[n].paused]
+            for n in st["victims"]:
+                c.pause(n)
+                self._note(c.now_ms, f"pause node {n}")
+            done = bool(st["victims"])
+        elif event.kind == "partition":
+            bridge = set(p.get("bridge") or [])
+            side_a, side_b = ([n for n in side if n not in bridge] for side in p["sides"])
+            pairs = {(a, b) for a in side_a for b in side_b if a != b}
+            if not p.get("one_way"):
+                pairs |= {(b, a) for a, b in pairs}
+            st["pairs"] = pairs - c.network.blocked
+            c.network.blocked |= st["pairs"]
+            done = bool(st["pairs"])
+            self._note(c.now_ms, f"partition {p.get('shape')} {sorted(side_a)} | {sorted(side_b)}"
+                                 + (f" bridge {sorted(bridge)}" if bridge else ""))
+        elif event.kind == "delay":
+            faults = LinkFaults(loss=float(p.get("loss", 0.0)), extra_delay_ms=float(p.get("delay_ms", 0)))
+            links = [(a, b) for a in range(len(c.nodes)) for b in range(len(c.nodes))
+                     if a != b and (a in nodes or b in nodes)]
+            for link in links:
+                c.network.faults[link] = faults
+            st["links"], st["faults"] = links, faults
+            done = bool(links)
+            self._note(c.now_ms, f"delay on the links of {nodes} {faults}")
+        elif event.kind == "skew":
+            st["skew"] = int(p.get("skew_ms", 0))
+            for n in nodes:
+                c.set_skew(n, c.nodes[n].skew_ms + st["skew"])
+                self._note(c.now_ms, f"skew node {n} clock {st['skew']:+d} ms")
+            done = bool(nodes)
+        else:
+            raise ValueError(f"the simulator has no timed fault {event.kind!r}")
+        if done:
+            self.injected[event.kind] += 1
+
+    def _end(self, c: Cluster, event: Any, st: dict) -> None:
+        if event.kind == "kill":
+            for n in st.get("victims", []):
+                if not c.nodes[n].up:
+                    c.restart(n)
+                    self._note(c.now_ms, f"restart node {n}")
+        elif event.kind == "pause":
+            for n in st.get("victims", []):
+                if c.nodes[n].paused:
+                    c.resume(n)
+                    self._note(c.now_ms, f"resume node {n}")
+        elif event.kind == "partition":
+            c.network.blocked -= st.get("pairs", set())
+            self._note(c.now_ms, "partition healed")
+        elif event.kind == "delay":
+            for link in st.get("links", []):
+                if c.network.faults.get(link) is st["faults"]:
+                    del c.network.faults[link]
+        elif event.kind == "skew":
+            for n in event.nodes:
+                c.set_skew(n, c.nodes[n].skew_ms - st.get("skew", 0))
+                self._note(c.now_ms, f"clock of node {n} back by {st.get('skew', 0):+d} ms")
+
+    _heal_all = FaultPlan._heal_all
+
+
 class RunChecks:
     """Checks after every event: supply at each new head, final blocks never change."""
 
@@ -464,7 +563,10 @@ def run_simulation(config: SimConfig) -> SimResult:
         end += (slot_ms // 2 - (end - genesis.timestamp_ms) % slot_ms) % slot_ms
     quiet = max(config.quiet_min_s * 1000, config.duration_s * 1000 * config.quiet_fraction)
     heal = max(start, end - int(quiet))
-    faults = FaultPlan(cluster, config, rng, start + min(5_000, (heal - start) // 5), heal)
+    if config.schedule:
+        faults: FaultPlan | ScheduledFaults = ScheduledFaults(cluster, config.schedule, start, heal)
+    else:
+        faults = FaultPlan(cluster, config, rng, start + min(5_000, (heal - start) // 5), heal)
     load = Load(cluster, config, seed_text, random.Random(f"{config.seed}/load"))
     # Stop the load a little before the end so the last transactions can be included.
     load.schedule(start + 1_000, end - min(15_000, int(quiet * 0.6)))

@@ -12,10 +12,11 @@ One run, whatever the target:
 
 Target local: a fresh testnet of real node processes on 127.0.0.1 (node/testnet.py),
 faults injected by testnet.nemesis.LocalNemesis at wall-clock offsets from the start,
-nodes watched over JSON-RPC (testnet.observe). Target sim: the deterministic simulator
-(sim.scenario.run_simulation), which draws its own fault times from the seed and knows
-only some of the fault types; the report says which were injected, so a requested type
-it cannot do fails the run instead of passing silently.
+nodes watched over JSON-RPC (testnet.observe). Target docker: the same on a compose
+project (testnet.docker). Target sim: the deterministic simulator
+(sim.scenario.run_simulation) runs the very same schedule (SimConfig.schedule), so the
+replay command repeats it to the same digest. Each report says which fault types took
+effect, so a requested type that never did fails the run instead of passing silently.
 
 Exit codes: 0 every verdict passed; 1 a verdict failed, including "every requested
 fault injected"; 2 bad usage (arguments the schedule refuses, a node build without a
@@ -26,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import random
-import re
 import shutil
 import signal
 import sys
@@ -126,60 +126,6 @@ def _role_timeline(schedule: Schedule) -> list[dict]:
 # --- the simulator target --------------------------------------------------------------------
 
 
-_SIM_LOG = re.compile(r"^(-?[0-9.]+)s (.*)$")
-
-
-def _sim_fault_timeline(fault_log: list[str], heal_at_s: float) -> list[dict]:
-    """The simulator's fault log as timeline bands (best effort: it logs starts, and the
-    ends of partitions and crashes; a link fault lasts until the heal at the latest)."""
-    faults: list[dict] = []
-    open_partition: dict | None = None
-    crashed: dict[int, dict] = {}
-    paused: dict[int, dict] = {}
-    skewed: dict[int, dict] = {}
-    for line in fault_log:
-        m = _SIM_LOG.match(line)
-        if not m:
-            continue
-        t, text = float(m.group(1)), m.group(2)
-        words = text.split()
-        if text.startswith("partition healed"):
-            if open_partition is not None:
-                open_partition["end_s"] = t
-                open_partition = None
-        elif words[:1] == ["partition"]:
-            nodes = sorted(int(n) for n in re.findall(r"\d+", text.split(" ", 2)[2] if len(words) > 2 else ""))
-            open_partition = {"kind": "partition", "start_s": t, "end_s": heal_at_s, "nodes": nodes}
-            faults.append(open_partition)
-        elif words[:2] == ["crash", "node"]:
-            node = int(words[2])
-            crashed[node] = {"kind": "kill", "start_s": t, "end_s": heal_at_s, "nodes": [node]}
-            faults.append(crashed[node])
-        elif words[:2] == ["restart", "node"]:
-            entry = crashed.pop(int(words[2]), None)
-            if entry is not None:
-                entry["end_s"] = t
-        elif words[:2] == ["pause", "node"]:
-            node = int(words[2])
-            paused[node] = {"kind": "pause", "start_s": t, "end_s": heal_at_s, "nodes": [node]}
-            faults.append(paused[node])
-        elif words[:2] == ["resume", "node"]:
-            entry = paused.pop(int(words[2]), None)
-            if entry is not None:
-                entry["end_s"] = t
-        elif words[:2] == ["skew", "node"]:
-            node = int(words[2])
-            skewed[node] = {"kind": "skew", "start_s": t, "end_s": heal_at_s, "nodes": [node]}
-            faults.append(skewed[node])
-        elif words[:3] == ["clock", "of", "node"]:
-            entry = skewed.pop(int(words[3]), None)
-            if entry is not None:
-                entry["end_s"] = t
-        elif words[:1] and words[0] in ("delay", "loss", "duplicate"):
-            faults.append({"kind": words[0], "start_s": t, "end_s": heal_at_s, "nodes": []})
-    return faults
-
-
 def run_sim_target(config: ChaosConfig, schedule: Schedule, progress: Callable[[str], None]) -> dict:
     from sim.scenario import SimConfig, run_simulation
 
@@ -191,16 +137,19 @@ def run_sim_target(config: ChaosConfig, schedule: Schedule, progress: Callable[[
         elif kind in ROLES and kind not in SIM_ROLES:
             why[kind] = "the simulator's scenario takes only equivocating validators as byzantine nodes"
     byzantine = {node: ROLE_SWITCHES[role] for node, role in schedule.byzantine.items() if role in SIM_ROLES}
+    # The schedule's own timed events, at their times: every target runs the same faults.
+    events = tuple(e for e in schedule.events if e.kind in SIM_FAULT_NAMES)
     sim_config = SimConfig(consensus=config.consensus, nodes=config.nodes, seed=config.seed,
                            duration_s=config.duration_s, tx_rate=config.tx_rate, byzantine=byzantine,
-                           faults=tuple(sorted(SIM_FAULT_NAMES[k] for k in requested if k in SIM_FAULT_NAMES)))
+                           faults=tuple(sorted(SIM_FAULT_NAMES[k] for k in requested if k in SIM_FAULT_NAMES)),
+                           schedule=events)
     progress(f"simulating {config.nodes} {config.consensus} nodes for {config.duration_s:g} s (seed {config.seed}): "
-             f"{sim_config.replay_command()}")
+             f"{len(events)} scheduled faults" + (f", byzantine {byzantine}" if byzantine else ""))
     result = run_simulation(sim_config)
     injected: dict[str, int] = {}
     for kind in requested:
         if kind in SIM_FAULT_NAMES:
-            injected[kind] = result.faults_injected.get(SIM_FAULT_NAMES[kind], 0)
+            injected[kind] = result.faults_injected.get(kind, 0)  # the schedule's names
         elif kind in SIM_ROLES:
             injected[kind] = sum(1 for role in schedule.byzantine.values() if role == kind)
         else:
@@ -210,7 +159,6 @@ def run_sim_target(config: ChaosConfig, schedule: Schedule, progress: Callable[[
     verdicts.append(injected_verdict(requested, injected, why))
     included = result.tx_included
     lost = max(0, result.tx_acknowledged - included - result.tx_superseded)
-    heal_at_s = result.heal_at_s  # the simulator heals on its own schedule
     return {
         "target": "sim", "consensus": config.consensus, "nodes": config.nodes, "seed": config.seed,
         "duration_s": config.duration_s, "faults_requested": list(requested), "faults_injected": injected,
@@ -220,16 +168,20 @@ def run_sim_target(config: ChaosConfig, schedule: Schedule, progress: Callable[[
                          "acknowledged": result.tx_acknowledged, "superseded": result.tx_superseded},
         "timeline": {
             "heights": result.height_samples,
-            "faults": _sim_fault_timeline(result.fault_log, heal_at_s) + [
+            # The schedule's events are what ran, at their times (the fault log has each start).
+            "faults": [{"kind": e.kind, "start_s": e.at_s, "end_s": round(e.at_s + e.duration_s, 3),
+                        "nodes": list(e.nodes)} for e in events] + [
                 e for e in _role_timeline(schedule) if e["kind"] in SIM_ROLES],
         },
         "replay": config.replay_command(),
         "ok": all(v.ok for v in verdicts),
         "heal_at_s": result.heal_at_s,
-        "sim": {"replay": sim_config.replay_command(), "digest": result.digest, "events": result.events,
-                "fault_log": result.fault_log, "wall_s": round(result.wall_s, 3)},
-        "notes": [f"{k}: {w}" for k, w in why.items()] + [
-            "the simulator draws its own fault times from the seed; the schedule's byzantine nodes are used"],
+        # The chaos replay command repeats this run to the same digest (the schedule comes
+        # from the seed); a bare `chainlab sim` would draw other fault times.
+        "sim": {"digest": result.digest, "events": result.events, "fault_log": result.fault_log,
+                "wall_s": round(result.wall_s, 3)},
+        "schedule": schedule.to_json(),
+        "notes": [f"{k}: {w}" for k, w in why.items()],
     }
 
 

@@ -57,6 +57,30 @@ def test_sim_target_passes_and_writes_the_report(tmp_path: Path, capsys, consens
     assert "[PASS] every requested fault injected" in printed.out
 
 
+@pytest.mark.parametrize("consensus, roles", [("pow", "withhold,spam"), ("pos", "equivocate")])
+def test_sim_target_runs_the_drawn_schedule_itself_and_replays_to_the_same_digest(tmp_path: Path, capsys,
+                                                                                    consensus: str, roles: str) -> None:
+    from sim.schedule import Schedule
+
+    argv = ["chaos", "--target", "sim", "--consensus", consensus, "--nodes", "5", "--seed", "3", "--duration", "60",
+            "--faults", f"kill,pause,partition,delay,skew,{roles}"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    first, second = read_report(tmp_path / "a"), read_report(tmp_path / "b")
+    assert first["sim"]["digest"] == second["sim"]["digest"]  # the replay command repeats the run exactly
+    schedule = Schedule.from_json(first["schedule"])
+    timed = {k: n for k, n in schedule.counts().items() if k in ("kill", "pause", "partition", "delay", "skew")}
+    # Every event of the schedule took effect in the simulator, at its time: the fault log
+    # starts each one within a millisecond of its at_s.
+    assert {k: first["faults_injected"][k] for k in timed} == timed
+    starts = sorted(float(line.split("s ", 1)[0]) for line in first["sim"]["fault_log"]
+                    if line.split(" ", 2)[1] in ("crash", "pause", "partition", "delay", "skew"))
+    assert starts[0] == pytest.approx(min(e.at_s for e in schedule.events), abs=0.1)
+    bands = {f["kind"] for f in first["timeline"]["faults"]}
+    assert set(timed) <= bands
+
+
 def test_sim_target_fails_a_fault_type_it_cannot_inject(tmp_path: Path, capsys, monkeypatch) -> None:
     # The simulator has every fault type now; one taken away stands for a target without it.
     import testnet.chaos

@@ -69,7 +69,7 @@ def check_rules(s: Schedule, faults, max_concurrent: int = 2) -> None:
         assert len(kinds) == len(set(kinds)), "two faults of one kind overlap"
         down = {n for e in active if e.kind in ("kill", "pause") for n in e.nodes}
         up = s.nodes - len(down)
-        assert up > (s.nodes / 2 if s.consensus == "pow" else 2 * s.nodes / 3), (t, down)
+        assert len(down) <= down_max and up > (s.nodes / 2 if s.consensus == "pow" else 2 * s.nodes / 3), (t, down)
     # 4. Byzantine bounds.
     roles = list(s.byzantine.values())
     assert set(roles) <= set(ROLES) and set(roles) == set(faults) & set(ROLES)
