@@ -40,9 +40,9 @@ from sim.invariants import Verdict
 from sim.schedule import FAULT_TYPES, ROLES, TIMED, Schedule, draw_schedule
 
 LOCAL_FAULTS_DEFAULT = ("kill", "pause", "partition", "delay", "skew")
-# The simulator's own names for the fault types it has (sim.scenario.FAULT_TYPES).
-SIM_FAULT_NAMES = {"kill": "crash", "pause": "pause", "partition": "partition", "delay": "delay", "skew": "skew"}
-SIM_FAULTS_DEFAULT = ("kill", "pause", "partition", "delay", "skew")
+# The timed faults the simulator runs from a schedule (sim.scenario.ScheduledFaults).
+SIM_TIMED = frozenset(TIMED)
+SIM_FAULTS_DEFAULT = LOCAL_FAULTS_DEFAULT
 # Byzantine roles as node switches (node.settings.BYZANTINE_BEHAVIOURS).
 ROLE_SWITCHES = {"equivocate": ("double-propose", "double-vote"), "withhold": ("withhold",), "spam": ("spam",)}
 # Every role runs in the simulator too: its scenario expects validators with equivocating
@@ -132,23 +132,22 @@ def run_sim_target(config: ChaosConfig, schedule: Schedule, progress: Callable[[
     requested = config.fault_list
     why: dict[str, str] = {}
     for kind in requested:
-        if kind in TIMED and kind not in SIM_FAULT_NAMES:
+        if kind in TIMED and kind not in SIM_TIMED:
             why[kind] = "the simulator has no such fault"
         elif kind in ROLES and kind not in SIM_ROLES:
             why[kind] = "the simulator's scenario takes only equivocating validators as byzantine nodes"
     byzantine = {node: ROLE_SWITCHES[role] for node, role in schedule.byzantine.items() if role in SIM_ROLES}
     # The schedule's own timed events, at their times: every target runs the same faults.
-    events = tuple(e for e in schedule.events if e.kind in SIM_FAULT_NAMES)
+    events = tuple(e for e in schedule.events if e.kind in SIM_TIMED)
     sim_config = SimConfig(consensus=config.consensus, nodes=config.nodes, seed=config.seed,
                            duration_s=config.duration_s, tx_rate=config.tx_rate, byzantine=byzantine,
-                           faults=tuple(sorted(SIM_FAULT_NAMES[k] for k in requested if k in SIM_FAULT_NAMES)),
                            schedule=events)
     progress(f"simulating {config.nodes} {config.consensus} nodes for {config.duration_s:g} s (seed {config.seed}): "
              f"{len(events)} scheduled faults" + (f", byzantine {byzantine}" if byzantine else ""))
     result = run_simulation(sim_config)
     injected: dict[str, int] = {}
     for kind in requested:
-        if kind in SIM_FAULT_NAMES:
+        if kind in SIM_TIMED:
             injected[kind] = result.faults_injected.get(kind, 0)  # the schedule's names
         elif kind in SIM_ROLES:
             injected[kind] = sum(1 for role in schedule.byzantine.values() if role == kind)

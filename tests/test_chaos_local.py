@@ -85,8 +85,7 @@ def test_sim_target_fails_a_fault_type_it_cannot_inject(tmp_path: Path, capsys, 
     # The simulator has every fault type now; one taken away stands for a target without it.
     import testnet.chaos
 
-    monkeypatch.setattr(testnet.chaos, "SIM_FAULT_NAMES",
-                        {k: v for k, v in testnet.chaos.SIM_FAULT_NAMES.items() if k != "pause"})
+    monkeypatch.setattr(testnet.chaos, "SIM_TIMED", testnet.chaos.SIM_TIMED - {"pause"})
     code = main(["chaos", "--target", "sim", "--seed", "2", "--duration", "40", "--faults", "kill,pause",
                  "--out", str(tmp_path)])
     printed = capsys.readouterr()

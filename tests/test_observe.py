@@ -8,7 +8,6 @@ never answers (a paused node) records gaps and keeps going.
 """
 
 import asyncio
-import io
 import time
 from pathlib import Path
 
@@ -17,9 +16,7 @@ import pytest
 from consensus.presets import account_key
 from node.cli_tools import build_transfer
 from node.homes import create_network
-from node.logs import configure, node_logger
-from node.runtime import NodeRuntime
-from node.settings import COOKIE_FILE, load_settings, read_genesis, read_key, read_validator_key
+from node.settings import COOKIE_FILE
 from sim.invariants import (
     check_final_never_decreases,
     check_heads_agree,
@@ -37,33 +34,16 @@ from testnet.observe import (
     ObserveError,
     fetch_view,
 )
+from test_runtime import runtime_for, wait_for
 
 SEED = "observe"
-
-
-def runtime_for(home: Path, **flags) -> NodeRuntime:
-    settings = load_settings(home, {}, {"p2p_port": 0, "rpc_port": 0, "bootstrap": "", **flags})
-    configure("warning", io.StringIO())
-    return NodeRuntime(home, settings, read_genesis(home / "genesis.json"), read_key(home / "node.key"),
-                       node_logger(settings.name, "t"), handle_signals=False, validator_key=read_validator_key(home))
-
-
-async def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last value {value!r}")
 
 
 class Running:
     """One runtime in this event loop, stopped in __aexit__ whatever happened."""
 
     def __init__(self, home: Path, **flags):
-        self.runtime = runtime_for(home, **flags)
+        self.runtime = runtime_for(home, bootstrap="", **flags)  # alone: no peers to dial
         self.home = home
 
     async def __aenter__(self) -> "Running":
@@ -130,7 +110,7 @@ async def test_view_over_rpc_equals_view_of_core_pos(tmp_path: Path) -> None:
     try:
         async with Running(tmp_path / "node0") as run:
             core = run.runtime.core
-            await wait_until(lambda: core.tree.head.height >= 3, 30, "three proposed blocks")
+            await wait_for(lambda: core.tree.head.height >= 3, 30, "three proposed blocks")
             cache = BlockCache()
             deadline = time.monotonic() + 30
             while True:
@@ -161,7 +141,7 @@ async def test_sampler_records_gaps_for_dead_and_silent_nodes() -> None:
         sampler = HeightSampler(clients, nodes, interval_s=0.1, timeout_s=0.3)
         stop = asyncio.Event()
         task = asyncio.create_task(sampler.run(stop))
-        await wait_until(lambda: len(sampler.samples["silent"]) >= 3, 10, "three sample rounds")
+        await wait_for(lambda: len(sampler.samples["silent"]) >= 3, 10, "three sample rounds")
         stop.set()
         await asyncio.wait_for(task, 5)
         timeline = sampler.heights_timeline()
